@@ -1,0 +1,1 @@
+"""ordersaga: saga orchestration for orders on Temporal, Postgres and NATS JetStream."""

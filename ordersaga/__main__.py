@@ -1,0 +1,3 @@
+from ordersaga.cli import main
+
+main()

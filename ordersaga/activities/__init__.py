@@ -1,0 +1,1 @@
+"""Temporal activities: participant adapters and the recording of each step's event."""

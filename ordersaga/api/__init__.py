@@ -1,0 +1,1 @@
+"""FastAPI app: command routes (start / cancel sagas), query routes (read models, events)."""

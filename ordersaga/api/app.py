@@ -1,0 +1,46 @@
+"""The FastAPI application; its lifespan is the API process's composition root."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ordersaga import bus, runtime
+from ordersaga.activities.participants import PostgresInventory
+from ordersaga.api import errors
+from ordersaga.api.deps import AppContext
+from ordersaga.api.routes import health, inventory, orders
+from ordersaga.db import create_engine
+from ordersaga.eventstore import EventStore
+from ordersaga.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or get_settings()
+        engine = create_engine(s)
+        nc = await bus.connect(s, "api")
+        try:
+            temporal = await runtime.connect_temporal(s)
+            app.state.ctx = AppContext(
+                s, engine, temporal, nc, EventStore(engine), PostgresInventory(engine)
+            )
+            yield
+        finally:
+            await nc.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="ordersaga",
+        summary="Order sagas on Temporal, with every fact as an event.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(orders.router)
+    app.include_router(inventory.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,189 @@
+"""Domain vocabulary shared by workflows, activities, projections and the API.
+
+Standard library only: the workflow sandbox imports this module.
+Money is an integer number of minor units (cents), so sums are exact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    INVENTORY_RESERVED = "INVENTORY_RESERVED"
+    PAYMENT_CAPTURED = "PAYMENT_CAPTURED"
+    CONFIRMED = "CONFIRMED"
+    COMPENSATING = "COMPENSATING"
+    CANCELLED = "CANCELLED"
+    REQUIRES_ATTENTION = "REQUIRES_ATTENTION"
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED})
+
+
+class EventType(StrEnum):
+    PLACED = "order.placed"
+    INVENTORY_RESERVED = "order.inventory_reserved"
+    PAYMENT_CAPTURED = "order.payment_captured"
+    SHIPMENT_SCHEDULED = "order.shipment_scheduled"
+    CONFIRMED = "order.confirmed"
+    INVENTORY_RESERVATION_FAILED = "order.inventory_reservation_failed"
+    PAYMENT_DECLINED = "order.payment_declined"
+    SHIPMENT_FAILED = "order.shipment_failed"
+    SHIPMENT_CANCELLED = "order.shipment_cancelled"
+    PAYMENT_REFUNDED = "order.payment_refunded"
+    INVENTORY_RELEASED = "order.inventory_released"
+    CANCELLED = "order.cancelled"
+    REQUIRES_ATTENTION = "order.requires_attention"
+
+    @property
+    def short_name(self) -> str:
+        """The last token of the NATS subject: `orders.<id>.<short_name>`."""
+        return self.value.removeprefix("order.")
+
+
+class CancelReason(StrEnum):
+    OUT_OF_STOCK = "out_of_stock"
+    PAYMENT_DECLINED = "payment_declined"
+    SHIPPING_UNAVAILABLE = "shipping_unavailable"
+    CUSTOMER_REQUEST = "customer_request"
+    STEP_FAILED = "step_failed"
+
+
+class Step(StrEnum):
+    """Forward steps, in saga order; each has one compensation."""
+
+    INVENTORY = "inventory"
+    PAYMENT = "payment"
+    SHIPPING = "shipping"
+
+
+# Business failures: raised by participants, turned into non-retryable ApplicationErrors whose
+# `type` is the class name, so the workflow can tell them from transient trouble.
+class BusinessError(Exception):
+    reason: CancelReason = CancelReason.STEP_FAILED
+
+
+class OutOfStock(BusinessError):
+    reason = CancelReason.OUT_OF_STOCK
+
+
+class PaymentDeclined(BusinessError):
+    reason = CancelReason.PAYMENT_DECLINED
+
+
+class ShippingUnavailable(BusinessError):
+    reason = CancelReason.SHIPPING_UNAVAILABLE
+
+
+BUSINESS_ERRORS: dict[str, type[BusinessError]] = {
+    cls.__name__: cls for cls in (OutOfStock, PaymentDeclined, ShippingUnavailable)
+}
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    sku: str
+    quantity: int
+    unit_price: int
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str
+    line1: str
+    city: str
+    postal_code: str
+    country: str
+    line2: str | None = None
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+    shipping_address: Address
+    payment_token: str
+    currency: str = "EUR"
+
+    @property
+    def total(self) -> int:
+        return sum(item.quantity * item.unit_price for item in self.items)
+
+
+@dataclass(frozen=True)
+class SagaPolicy:
+    step_max_attempts: int = 8
+    compensation_max_attempts: int = 10
+    initial_interval_s: float = 1.0
+    max_interval_s: float = 30.0
+    # Also how long a worker that died mid-activity holds the activity before a retry elsewhere.
+    activity_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SagaInput:
+    order: Order
+    policy: SagaPolicy = field(default_factory=SagaPolicy)
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One participant call plus the event that records its outcome at `expected_version + 1`."""
+
+    order: Order
+    expected_version: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    version: int
+    recorded: bool = True
+
+
+@dataclass(frozen=True)
+class RecordInput:
+    """An event the workflow itself decides (placed, confirmed, cancelled, requires_attention)."""
+
+    order_id: str
+    expected_version: int
+    event_type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SagaState:
+    """What the `status` query returns: the workflow's own view, ahead of the read model."""
+
+    order_id: str
+    status: OrderStatus
+    version: int
+    reason: str | None
+    completed_steps: list[str]
+    cancel_requested: bool
+    attention_error: str | None
+
+
+_EVENT_NAMESPACE = uuid.UUID("8f0c4d1e-5b7a-4c39-9a51-2f6e0d3b7a10")
+
+
+def event_id(stream_id: str, version: int, event_type: str) -> str:
+    """Deterministic id of the event at `version` of a stream: a retried append reuses it."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{stream_id}/{version}/{event_type}"))
+
+
+def workflow_id(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def placed_event_data(order: Order) -> dict[str, Any]:
+    """`order.placed` carries the whole order (event-carried state transfer), but no card token."""
+    data = asdict(order)
+    data.pop("payment_token")
+    data["total"] = order.total
+    return data

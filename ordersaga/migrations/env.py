@@ -1,0 +1,30 @@
+"""Alembic environment: runs the migrations over the async engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, version_table_schema="public")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _main() -> None:
+    engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
+    async with engine.connect() as conn:
+        await conn.run_sync(_run)
+        await conn.commit()
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; point ORDERSAGA_DATABASE__URL at a server")
+asyncio.run(_main())

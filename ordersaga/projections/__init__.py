@@ -1,0 +1,1 @@
+"""Projector workers and read models (the CQRS query side), rebuildable from the event store."""
