@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import asyncpg
 import httpx
@@ -55,6 +55,18 @@ def _die_with_parent() -> None:
     """In the child: get SIGTERM when the supervisor dies, so no server outlives a killed stack."""
     if sys.platform == "linux":
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to `user` entirely: uid, gid and supplementary groups.
+
+    With only `user=`, the child keeps root's group, and a directory whose group is root and
+    whose group bits are clear (pytest's temporary directories) stays closed to it.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _postgres_bin() -> Path:
@@ -100,7 +112,7 @@ class Managed:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
-            user=self.user,
+            **_as_user(self.user),
             # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
             start_new_session=True,
             preexec_fn=_die_with_parent,
@@ -186,11 +198,13 @@ class DevStack:
             pgdata.mkdir(parents=True, exist_ok=True)
             if user:
                 shutil.chown(pgdata, user, user)
-            subprocess.run(
+            init = subprocess.run(
                 [str(bindir / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres",
                  "--encoding=UTF8", "--no-sync"],
-                check=True, capture_output=True, user=user,
+                capture_output=True, text=True, **_as_user(user),
             )  # fmt: skip
+            if init.returncode != 0:
+                raise StackError(f"initdb failed in {pgdata}:\n{init.stdout}{init.stderr}")
 
         async def ready() -> bool:
             conn = await asyncpg.connect(

@@ -1,0 +1,80 @@
+"""The embedded stack, started once per test session exactly as `ordersaga dev` starts it.
+
+Free ports and a temporary data directory keep it apart from anything else on the machine; the
+saga's retry policy is shortened so that retries cost milliseconds, not seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ordersaga import bus
+from ordersaga.db import create_engine
+from ordersaga.devstack import DevStack, free_port
+from ordersaga.eventstore import EventStore
+from ordersaga.settings import (
+    ApiSettings,
+    DatabaseSettings,
+    NatsSettings,
+    SagaSettings,
+    Settings,
+    TemporalSettings,
+)
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevStack]:
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("stack"),
+        database=DatabaseSettings(embedded_port=free_port()),
+        nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
+        temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
+        api=ApiSettings(port=free_port()),
+        saga=SagaSettings(
+            step_max_attempts=5,
+            compensation_max_attempts=5,
+            initial_interval_s=0.2,
+            max_interval_s=1.0,
+            activity_timeout_s=5.0,
+        ),
+    )
+    dev = DevStack(settings, ui=False)
+    await dev.start()
+    yield dev
+    await dev.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(stack: DevStack) -> Settings:
+    return stack.settings
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(settings)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def store(engine: AsyncEngine) -> EventStore:
+    return EventStore(engine)
+
+
+@pytest.fixture(scope="session")
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    conn = await bus.connect(settings, "tests")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        yield client
