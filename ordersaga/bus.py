@@ -1,4 +1,4 @@
-"""JetStream: the stream definition, applied idempotently, and a publisher whose waits are bounded."""
+"""JetStream: the stream definition, applied idempotently, and a publisher with bounded waits."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -100,15 +100,18 @@ class Managed:
     restart: bool = True
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
-    _log_file: IO[bytes] | None = field(default=None, repr=False)
     _stopping: bool = False
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+        # The child writes to its own copy of the descriptor; ours is closed straight away.
+        with self.log_path.open("ab") as log_file:
+            self.process = self._popen(log_file)
+
+    def _popen(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.argv,
-            stdout=self._log_file,
+            stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
@@ -122,7 +125,9 @@ class Managed:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise StackError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                raise StackError(
+                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                )
             with contextlib.suppress(Exception):
                 if await self.ready():
                     return
@@ -139,15 +144,12 @@ class Managed:
         proc = self.process
         if proc is not None and proc.poll() is None:
             proc.send_signal(self.stop_signal)
-            deadline = time.monotonic() + timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, timeout)
             if proc.poll() is None:
                 log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
                 proc.kill()
                 proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
 
     async def supervise(self) -> None:
         backoff = 0.5
@@ -158,7 +160,9 @@ class Managed:
                 continue
             if self._stopping or not self.restart:
                 return
-            log.warning("%s exited with %s; restarting in %.1fs", self.name, proc.returncode, backoff)
+            log.warning(
+                "%s exited with %s; restarting in %.1fs", self.name, proc.returncode, backoff
+            )
             await asyncio.sleep(backoff)
             if self._stopping:
                 return

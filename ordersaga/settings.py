@@ -79,7 +79,9 @@ class Settings(BaseSettings):
 
     def database_url(self) -> str:
         if self.database.url is None:
-            return f"postgresql+asyncpg://postgres@127.0.0.1:{self.database.embedded_port}/ordersaga"
+            return (
+                f"postgresql+asyncpg://postgres@127.0.0.1:{self.database.embedded_port}/ordersaga"
+            )
         return self.database.url
 
     def nats_url(self) -> str:

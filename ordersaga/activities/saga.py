@@ -192,4 +192,3 @@ class OrderActivities:
             self.refund_payment,
             self.release_inventory,
         ]
-

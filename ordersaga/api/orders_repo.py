@@ -36,9 +36,14 @@ async def claim_request(
                     "VALUES (:o, :k, :h, :c, CAST(:r AS jsonb)) "
                     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
                 ),
-                {"o": order_id, "k": idempotency_key, "h": request_hash, "c": customer_id,
-                 "r": json.dumps(body)},
-            )  # fmt: skip
+                {
+                    "o": order_id,
+                    "k": idempotency_key,
+                    "h": request_hash,
+                    "c": customer_id,
+                    "r": json.dumps(body),
+                },
+            )
         ).one_or_none()
         if inserted is not None:
             return order_id, request_hash, True

@@ -26,5 +26,7 @@ async def _main() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("offline migrations are not supported; point ORDERSAGA_DATABASE__URL at a server")
+    raise SystemExit(
+        "offline migrations are not supported; point ORDERSAGA_DATABASE__URL at a server"
+    )
 asyncio.run(_main())

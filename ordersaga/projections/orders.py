@@ -36,9 +36,7 @@ class OrderEvent:
 
     @classmethod
     def from_stored(cls, event: StoredEvent) -> OrderEvent:
-        return cls(
-            event.stream_id, event.version, event.event_type, event.data, event.occurred_at
-        )
+        return cls(event.stream_id, event.version, event.event_type, event.data, event.occurred_at)
 
 
 # The status an event moves the order to; None: the event leaves the status as it is.

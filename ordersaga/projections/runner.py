@@ -29,8 +29,10 @@ async def process(engine: AsyncEngine, projection: OrderProjection, msg: Msg) ->
         async with engine.begin() as conn:
             await projection.handle(conn, event)
     except Exception:
-        log.exception("projection failed on %s (delivery %s)", msg.subject, msg.metadata.num_delivered)
-        await msg.nak(delay=min(2 ** msg.metadata.num_delivered, 30))
+        log.exception(
+            "projection failed on %s (delivery %s)", msg.subject, msg.metadata.num_delivered
+        )
+        await msg.nak(delay=min(2**msg.metadata.num_delivered, 30))
         return
     await msg.ack()
 
@@ -54,7 +56,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 max_deliver=MAX_DELIVER,
             ),
         )
-        log.info("projector consuming %s as %s", settings.nats.stream, settings.nats.projector_durable)
+        log.info(
+            "projector consuming %s as %s", settings.nats.stream, settings.nats.projector_durable
+        )
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(BATCH, timeout=1)

@@ -114,7 +114,9 @@ class OrderSaga:
             self._reason = CancelReason.CUSTOMER_REQUEST
         if self._reason is None:
             self._confirming = True
-            await self._record(EventType.CONFIRMED, {"order_id": order.order_id, "total": order.total})
+            await self._record(
+                EventType.CONFIRMED, {"order_id": order.order_id, "total": order.total}
+            )
             self._set_status(OrderStatus.CONFIRMED)
             return self.status()
 
@@ -225,7 +227,7 @@ class OrderSaga:
                     )
                 )
             except ActivityError as error:
-                cause = error.cause.message if error.cause else str(error)
+                cause = str(error.cause or error)
                 self._attention_error = f"{name}: {cause}"
                 await self._record(
                     EventType.REQUIRES_ATTENTION,
@@ -260,4 +262,3 @@ class OrderSaga:
     def _set_status(self, status: OrderStatus) -> None:
         self._status = status
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
-

@@ -33,12 +33,13 @@ async def assert_books_balance(engine: AsyncEngine) -> None:
             await conn.execute(
                 sa.text(
                     """
+                    WITH ours AS (SELECT order_id FROM api.order_requests)
                     SELECT
-                      (SELECT coalesce(sum(CASE kind WHEN 'CAPTURE' THEN amount ELSE -amount END), 0)
-                         FROM payments.ledger WHERE order_id IN (SELECT order_id FROM api.order_requests)),
+                      (SELECT coalesce(sum(CASE kind WHEN 'CAPTURE' THEN amount
+                                                     ELSE -amount END), 0)
+                         FROM payments.ledger WHERE order_id IN (SELECT order_id FROM ours)),
                       (SELECT coalesce(sum(total), 0) FROM readmodel.orders
-                         WHERE status = 'CONFIRMED'
-                         AND order_id IN (SELECT order_id FROM api.order_requests))
+                         WHERE status = 'CONFIRMED' AND order_id IN (SELECT order_id FROM ours))
                     """
                 )
             )

@@ -195,12 +195,15 @@ async def test_same_idempotency_key_gives_the_same_order(
     assert third.headers["idempotent-replayed"] == "true"
     assert third.json()["status"] == "CONFIRMED"
 
-    other = await api.post("/orders", json=order_body(sku, quantity=2), headers={"Idempotency-Key": key})
+    other = await api.post(
+        "/orders", json=order_body(sku, quantity=2), headers={"Idempotency-Key": key}
+    )
     assert other.status_code == 422
     assert other.json()["code"] == "idempotency_key_reused"
     async with engine.connect() as conn:
         count = await conn.execute(
-            sa.text("SELECT count(*) FROM api.order_requests WHERE idempotency_key = :k"), {"k": key}
+            sa.text("SELECT count(*) FROM api.order_requests WHERE idempotency_key = :k"),
+            {"k": key},
         )
         assert count.scalar_one() == 1
     assert (await api.get(f"/inventory/{sku}")).json()["reserved"] == 1  # one order, not two
@@ -266,7 +269,12 @@ async def test_an_accepted_order_is_never_a_404(api: httpx.AsyncClient) -> None:
     order_id = await place(api, order_body(sku))
     response = await api.get(f"/orders/{order_id}")  # straight away: the projector may lag
     assert response.status_code == 200
-    assert response.json()["status"] in {"PENDING", "INVENTORY_RESERVED", "PAYMENT_CAPTURED", "CONFIRMED"}
+    assert response.json()["status"] in {
+        "PENDING",
+        "INVENTORY_RESERVED",
+        "PAYMENT_CAPTURED",
+        "CONFIRMED",
+    }
     await wait_terminal(api, order_id)
 
 

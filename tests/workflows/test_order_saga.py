@@ -140,7 +140,10 @@ async def run_saga(
         client, task_queue=queue, workflows=[OrderSaga], activities=participants.activities()
     ):
         handle = await client.start_workflow(
-            OrderSaga.run, SagaInput(order, POLICY), id=workflow_id(order.order_id), task_queue=queue
+            OrderSaga.run,
+            SagaInput(order, POLICY),
+            id=workflow_id(order.order_id),
+            task_queue=queue,
         )
         if body is not None:
             await body(handle)  # type: ignore[operator]

@@ -122,9 +122,7 @@ async def place_order(
         ctx.engine, str(uuid.uuid4()), idempotency_key, request_hash, body.customer_id, raw
     )
     if stored_hash != request_hash:
-        raise IdempotencyKeyReused(
-            "this Idempotency-Key was used for a different request body"
-        )
+        raise IdempotencyKeyReused("this Idempotency-Key was used for a different request body")
     response.headers["Location"] = f"/orders/{order_id}"
     try:
         await _start_saga(ctx, _to_domain(order_id, body))
@@ -136,7 +134,9 @@ async def place_order(
     if not new:
         response.headers["Idempotent-Replayed"] = "true"
         current = await orders_repo.get_order(ctx.engine, order_id)
-        return _accepted(order_id, OrderStatus(current["status"]) if current else OrderStatus.PENDING)
+        return _accepted(
+            order_id, OrderStatus(current["status"]) if current else OrderStatus.PENDING
+        )
     return _accepted(order_id, OrderStatus.PENDING)
 
 
@@ -155,7 +155,9 @@ async def list_orders(
             after = orders_repo.decode_cursor(cursor)
         except ValueError as error:
             raise InvalidInput("cursor is not one this API handed out") from error
-    rows, next_cursor = await orders_repo.list_orders(ctx.engine, customer_id, status_, limit, after)
+    rows, next_cursor = await orders_repo.list_orders(
+        ctx.engine, customer_id, status_, limit, after
+    )
     return OrderPage(items=[OrderOut(**r) for r in rows], next_cursor=next_cursor)
 
 

@@ -1,0 +1,124 @@
+"""Crashes and redeliveries: the saga completes, and every fact is stored and published once."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from nats.aio.client import Client as NATS
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ordersaga import events
+from ordersaga.devstack import DevStack
+from ordersaga.eventstore import EventStore
+from ordersaga.settings import Settings
+from tests.helpers import event_types, eventually, order_body, place, stocked_sku, wait_terminal
+
+pytestmark = pytest.mark.e2e
+
+HAPPY = [
+    "order.placed",
+    "order.inventory_reserved",
+    "order.payment_captured",
+    "order.shipment_scheduled",
+    "order.confirmed",
+]
+
+
+async def published(nc: NATS, settings: Settings, order_id: str) -> dict[str, int]:
+    """How many messages JetStream holds per subject of this order."""
+    prefix = settings.nats.subject_prefix
+    info = await nc.jetstream().stream_info(
+        settings.nats.stream, subjects_filter=f"{prefix}.{order_id}.>"
+    )
+    return dict(info.state.subjects or {})
+
+
+async def test_worker_killed_mid_saga_completes_once(
+    stack: DevStack,
+    settings: Settings,
+    api: httpx.AsyncClient,
+    engine: AsyncEngine,
+    nc: NATS,
+) -> None:
+    worker = stack.parts["worker"]
+    restarts = worker.restarts
+    sku = await stocked_sku(api, 5)
+    async with engine.connect() as blocker:
+        # Lock the SKU's stock row: the reservation activity blocks inside its transaction.
+        await blocker.execute(
+            sa.text("SELECT 1 FROM inventory.stock WHERE sku = :s FOR UPDATE"), {"s": sku}
+        )
+        order_id = await place(api, order_body(sku, quantity=2))
+
+        async def reservation_blocked() -> bool | None:
+            # A fresh connection each time: pg_stat_activity is a snapshot per transaction.
+            async with engine.connect() as probe:
+                waiting = await probe.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'UPDATE inventory.stock%'"
+                    )
+                )
+                return True if waiting.scalar_one() > 0 else None
+
+        await eventually(reservation_blocked, what="the reservation to block on the lock")
+        worker.kill()  # SIGKILL: no cleanup, the activity's transaction never commits
+        await eventually(
+            lambda: _restarted(worker.restarts, restarts), what="the supervisor to restart it"
+        )
+        await blocker.rollback()
+
+    order = await wait_terminal(api, order_id, timeout=60)
+    assert order["status"] == "CONFIRMED"
+    assert await event_types(api, order_id) == HAPPY
+    subjects = await published(nc, settings, order_id)
+    assert subjects == {events.subject_for("orders", order_id, t): 1 for t in HAPPY}
+    async with engine.connect() as conn:
+        captures = await conn.execute(
+            sa.text("SELECT count(*) FROM payments.ledger WHERE order_id = :o"), {"o": order_id}
+        )
+        assert captures.scalar_one() == 1
+    assert (await api.get(f"/inventory/{sku}")).json() == {
+        "sku": sku,
+        "available": 3,
+        "reserved": 2,
+    }
+
+
+async def _restarted(now: int, before: int) -> bool | None:
+    return True if now > before else None
+
+
+async def test_redelivered_events_leave_the_read_model_unchanged(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    store: EventStore,
+    nc: NATS,
+) -> None:
+    sku = await stocked_sku(api, 5)
+    order_id = await place(api, order_body(sku, token="tok_decline"))
+    before = await wait_terminal(api, order_id)
+
+    # Publish the order's events again under fresh message ids, so JetStream does not drop them:
+    # to the projector they are the same events delivered a second time.
+    js = nc.jetstream()
+    last_seq = 0
+    for event in reversed(await store.read_stream(order_id)):
+        ack = await js.publish(
+            events.subject_for(settings.nats.subject_prefix, order_id, event.event_type),
+            events.encode(event),
+            headers={"Nats-Msg-Id": f"redelivery-{event.event_id}"},
+        )
+        last_seq = ack.seq
+
+    async def projector_caught_up() -> bool | None:
+        info = await js.consumer_info(settings.nats.stream, settings.nats.projector_durable)
+        done = info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= last_seq
+        return True if done and info.num_ack_pending == 0 else None
+
+    await eventually(projector_caught_up, what="the projector to take the redeliveries")
+    after = (await api.get(f"/orders/{order_id}")).json()
+    assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)

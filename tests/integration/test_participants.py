@@ -1,0 +1,80 @@
+"""Participants against the real Postgres: idempotent on the order id, test-mode rules."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ordersaga.activities.participants import (
+    PostgresInventory,
+    PostgresPayments,
+    PostgresShipping,
+    TransientParticipantError,
+)
+from ordersaga.domain import Address, OrderItem, OutOfStock, PaymentDeclined, ShippingUnavailable
+
+
+def oid() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+async def test_reserve_is_idempotent_and_all_or_nothing(engine: AsyncEngine) -> None:
+    inventory = PostgresInventory(engine)
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    await inventory.set_stock(a, 5)
+    await inventory.set_stock(b, 1)
+    order = oid()
+    items = [OrderItem(a, 2, 100), OrderItem(a, 1, 100)]
+    first, second = await asyncio.gather(
+        inventory.reserve(order, items), inventory.reserve(order, items)
+    )
+    assert first.lines == second.lines == {a: 3}
+    assert await inventory.get_stock(a) == {"sku": a, "available": 2, "reserved": 3}
+
+    with pytest.raises(OutOfStock, match=b):
+        await inventory.reserve(oid(), [OrderItem(a, 1, 1), OrderItem(b, 2, 1)])
+    # Nothing of the failed reservation stayed behind.
+    assert (await inventory.get_stock(a))["available"] == 2
+
+    released = await inventory.release(order)
+    assert released is not None and released.lines == {a: 3}
+    assert await inventory.release(order) == released  # again: same answer, no double release
+    assert await inventory.get_stock(a) == {"sku": a, "available": 5, "reserved": 0}
+    assert await inventory.release(oid()) is None  # never reserved: nothing to release
+
+
+async def test_payments_follow_the_test_mode_rules(engine: AsyncEngine) -> None:
+    payments = PostgresPayments(engine)
+    order = oid()
+    captured = await payments.capture(order, "tok_visa", 1234, "EUR")
+    assert await payments.capture(order, "tok_visa", 1234, "EUR") == captured
+    refund = await payments.refund(order)
+    assert refund is not None and refund.amount == 1234
+    assert await payments.refund(order) == refund
+    assert await payments.refund(oid()) is None
+
+    with pytest.raises(PaymentDeclined):
+        await payments.capture(oid(), "tok_decline", 1, "EUR")
+
+    flaky = oid()
+    for _ in range(2):
+        with pytest.raises(TransientParticipantError):
+            await payments.capture(flaky, "tok_flaky", 500, "EUR")
+    assert (await payments.capture(flaky, "tok_flaky", 500, "EUR")).amount == 500
+
+
+async def test_shipping_refuses_country_zz_and_cancels_idempotently(engine: AsyncEngine) -> None:
+    shipping = PostgresShipping(engine)
+    address = Address("Ada", "1 Main St", "Berlin", "10115", "DE")
+    order = oid()
+    shipment = await shipping.schedule(order, address)
+    assert await shipping.schedule(order, address) == shipment
+    cancelled = await shipping.cancel(order)
+    assert cancelled is not None and cancelled.shipment_id == shipment.shipment_id
+    assert await shipping.cancel(order) == cancelled
+    assert await shipping.cancel(oid()) is None
+    with pytest.raises(ShippingUnavailable):
+        await shipping.schedule(oid(), Address("Ada", "1 Main St", "Nowhere", "0", "ZZ"))
