@@ -260,5 +260,7 @@ class OrderSaga:
         self._version = result.version
 
     def _set_status(self, status: OrderStatus) -> None:
+        if status == self._status:
+            return  # each upsert is a visibility write on the server: only on a change
         self._status = status
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])

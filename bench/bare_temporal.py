@@ -1,0 +1,50 @@
+"""The bare baseline of shared/anchors/temporal_bare.py: a saga-shaped workflow of three no-op
+activities, the same code, so `saga_e2e.py` can run it on the same server in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+
+@activity.defn
+async def step(name: str) -> str:
+    return name
+
+
+@workflow.defn
+class Saga3:
+    @workflow.run
+    async def run(self, oid: str) -> str:
+        for s in ("reserve", "pay", "ship"):
+            await workflow.execute_activity(step, s, start_to_close_timeout=timedelta(seconds=10))
+        return oid
+
+
+async def run_bare(client: Client, n: int) -> float:
+    """N workflows through a fresh worker, as the anchor does; returns workflows per second."""
+    tq = "bare-" + uuid.uuid4().hex[:6]
+    async with Worker(
+        client,
+        task_queue=tq,
+        workflows=[Saga3],
+        activities=[step],
+        max_concurrent_workflow_tasks=200,
+        max_concurrent_activities=200,
+    ):
+        await client.execute_workflow(Saga3.run, "w", id=f"w-{uuid.uuid4()}", task_queue=tq)
+        t = time.perf_counter()
+        hs = await asyncio.gather(
+            *[
+                client.start_workflow(Saga3.run, str(i), id=f"b-{uuid.uuid4()}", task_queue=tq)
+                for i in range(n)
+            ]
+        )
+        await asyncio.gather(*[h.result() for h in hs])
+        return n / (time.perf_counter() - t)

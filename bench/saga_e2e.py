@@ -1,0 +1,136 @@
+"""Benchmark: orders through the API to a terminal state, against the bare Temporal baseline.
+
+Starts the embedded stack (the same one `ordersaga dev` and the tests use) on free ports, then
+alternates baseline and ours on the same Temporal server, and prints medians and the ratio.
+The last line is one JSON object. Usage: python bench/saga_e2e.py [--orders N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bare_temporal import run_bare
+
+from ordersaga.devstack import DevStack, free_port
+from ordersaga.domain import workflow_id
+from ordersaga.runtime import connect_temporal
+from ordersaga.settings import (
+    ApiSettings,
+    DatabaseSettings,
+    NatsSettings,
+    Settings,
+    TemporalSettings,
+)
+
+GOAL = 0.6
+IN_FLIGHT = 64  # concurrent POSTs, as many clients would send
+
+
+async def run_ours(
+    api: httpx.AsyncClient, settings: Settings, n: int, sku: str
+) -> tuple[float, dict[str, int]]:
+    client = await connect_temporal(settings)
+    gate = asyncio.Semaphore(IN_FLIGHT)
+    body = {
+        "customer_id": "bench",
+        "items": [{"sku": sku, "quantity": 1, "unit_price": 1000}],
+        "shipping_address": {
+            "name": "Bench",
+            "line1": "1 Loop",
+            "city": "Localhost",
+            "postal_code": "127",
+            "country": "DE",
+        },
+        "payment": {"token": "tok_visa"},
+    }
+
+    async def one() -> str:
+        async with gate:
+            response = await api.post("/orders", json=body)
+            response.raise_for_status()
+            order_id: str = response.json()["order_id"]
+        result = await client.get_workflow_handle(workflow_id(order_id)).result()
+        return str(result["status"])
+
+    t = time.perf_counter()
+    statuses = await asyncio.gather(*[one() for _ in range(n)])
+    rate = n / (time.perf_counter() - t)
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return rate, counts
+
+
+async def main(n: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
+        settings = Settings(
+            data_dir=Path(data),
+            database=DatabaseSettings(embedded_port=free_port()),
+            nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
+            temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
+            api=ApiSettings(port=free_port()),
+        )
+        stack = DevStack(settings, ui=False)
+        resolved = await stack.start()
+        try:
+            client = await connect_temporal(resolved)
+            base = f"http://{resolved.api.host}:{resolved.api.port}"
+            async with httpx.AsyncClient(base_url=base, timeout=60) as api:
+                sku = "bench-sku"
+                stock = {"available": n * (rounds + 1)}
+                (await api.put(f"/inventory/{sku}", json=stock)).raise_for_status()
+                await run_ours(
+                    api, resolved, 10, sku
+                )  # warm-up: connections, caches, JIT-free paths
+                bare: list[float] = []
+                ours: list[float] = []
+                for r in range(rounds):
+                    bare.append(await run_bare(client, n))
+                    rate, counts = await run_ours(api, resolved, n, sku)
+                    ours.append(rate)
+                    print(
+                        f"round {r + 1}: bare {bare[-1]:.1f} wf/s, ours {rate:.1f} sagas/s "
+                        f"(ratio {rate / bare[-1]:.2f}; outcomes {counts})",
+                        flush=True,
+                    )
+        finally:
+            await stack.stop()
+    b, o = statistics.median(bare), statistics.median(ours)
+    print(
+        f"median: bare {b:.1f} workflows/s, ours {o:.1f} sagas/s, ratio {o / b:.2f} (goal {GOAL})"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "saga_e2e",
+                "unit": "sagas/s",
+                "ours": round(o, 2),
+                "bare": round(b, 2),
+                "ratio": round(o / b, 3),
+                "goal": GOAL,
+                "orders_per_round": n,
+                "rounds": rounds,
+                "ours_runs": [round(x, 2) for x in ours],
+                "bare_runs": [round(x, 2) for x in bare],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.orders, args.rounds))
