@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -104,7 +106,7 @@ async def test_shipping_unavailable_refunds_then_releases(
         "order.cancelled",
     ]
     async with engine.connect() as conn:
-        ledger = dict(
+        ledger: dict[str, int] = dict(
             (
                 await conn.execute(
                     sa.text("SELECT kind, amount FROM payments.ledger WHERE order_id = :o"),
@@ -221,10 +223,10 @@ async def test_same_idempotency_key_gives_the_same_order(
     ],
 )
 async def test_invalid_orders_are_rejected_naming_the_field(
-    api: httpx.AsyncClient, mutate: object, field: str
+    api: httpx.AsyncClient, mutate: Callable[[dict[str, Any]], object], field: str
 ) -> None:
     body = order_body("sku-x")
-    mutate(body)  # type: ignore[operator]
+    mutate(body)
     response = await api.post("/orders", json=body)
     assert response.status_code == 422
     locations = [error["loc"] for error in response.json()["detail"]]
@@ -252,7 +254,7 @@ async def test_orders_page_by_customer_and_status(api: httpx.AsyncClient) -> Non
     seen: list[str] = []
     cursor = None
     while True:
-        params = {"customer_id": customer, "status": "CONFIRMED", "limit": 2}
+        params: dict[str, str | int] = {"customer_id": customer, "status": "CONFIRMED", "limit": 2}
         if cursor:
             params["cursor"] = cursor
         page = (await api.get("/orders", params=params)).json()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -37,6 +37,8 @@ from ordersaga.domain import (
 from ordersaga.runtime import ensure_search_attributes
 from ordersaga.settings import Settings
 from ordersaga.workflows.order_saga import OrderSaga
+
+Handle = WorkflowHandle[OrderSaga, SagaState]
 
 POLICY = SagaPolicy(
     step_max_attempts=3,
@@ -132,7 +134,9 @@ def new_order() -> Order:
 
 
 async def run_saga(
-    client: Client, participants: Participants, body: Callable[..., object] | None = None
+    client: Client,
+    participants: Participants,
+    body: Callable[[Handle], Awaitable[None]] | None = None,
 ) -> SagaState:
     queue = f"saga-test-{uuid.uuid4().hex[:8]}"
     order = new_order()
@@ -146,7 +150,7 @@ async def run_saga(
             task_queue=queue,
         )
         if body is not None:
-            await body(handle)  # type: ignore[operator]
+            await body(handle)
         return await handle.result()
 
 
@@ -215,10 +219,7 @@ async def test_failed_compensation_waits_for_an_operator_retry(env: WorkflowEnvi
         transient_failures={"refund_payment": POLICY.compensation_max_attempts},
     )
 
-    async def operator(handle: object) -> None:
-        from temporalio.client import WorkflowHandle
-
-        assert isinstance(handle, WorkflowHandle)
+    async def operator(handle: Handle) -> None:
         deadline = asyncio.get_running_loop().time() + 60
         while (await handle.query(OrderSaga.status)).status != OrderStatus.REQUIRES_ATTENTION:
             assert asyncio.get_running_loop().time() < deadline, "never REQUIRES_ATTENTION"
@@ -241,10 +242,7 @@ async def test_failed_compensation_waits_for_an_operator_retry(env: WorkflowEnvi
 async def test_retry_is_refused_unless_attention_is_required(env: WorkflowEnvironment) -> None:
     p = Participants(hold={"capture_payment": asyncio.Event()})
 
-    async def operator(handle: object) -> None:
-        from temporalio.client import WorkflowHandle
-
-        assert isinstance(handle, WorkflowHandle)
+    async def operator(handle: Handle) -> None:
         await p.started.setdefault("capture_payment", asyncio.Event()).wait()
         with pytest.raises(WorkflowUpdateFailedError):
             await handle.execute_update(OrderSaga.retry_compensation)
@@ -259,10 +257,7 @@ async def test_customer_cancel_mid_step_compensates_after_the_step(
 ) -> None:
     p = Participants(hold={"capture_payment": asyncio.Event()})
 
-    async def customer(handle: object) -> None:
-        from temporalio.client import WorkflowHandle
-
-        assert isinstance(handle, WorkflowHandle)
+    async def customer(handle: Handle) -> None:
         await p.started.setdefault("capture_payment", asyncio.Event()).wait()
         accepted = await handle.execute_update(OrderSaga.cancel, "changed my mind")
         assert accepted.cancel_requested
@@ -281,10 +276,7 @@ async def test_workflow_cancellation_during_a_step_still_compensates(
     # Temporal's own cancellation arrives as asyncio.CancelledError (a BaseException).
     p = Participants(hold={"schedule_shipment": asyncio.Event()})
 
-    async def operator(handle: object) -> None:
-        from temporalio.client import WorkflowHandle
-
-        assert isinstance(handle, WorkflowHandle)
+    async def operator(handle: Handle) -> None:
         await p.started.setdefault("schedule_shipment", asyncio.Event()).wait()
         await handle.cancel()
         await env.sleep(1)

@@ -1,0 +1,80 @@
+"""Stopping the whole dev stack mid-saga and starting it again loses nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ordersaga.devstack import DevStack, free_port
+from ordersaga.settings import (
+    ApiSettings,
+    DatabaseSettings,
+    NatsSettings,
+    SagaSettings,
+    Settings,
+    TemporalSettings,
+)
+from tests.helpers import (
+    TERMINAL,
+    event_types,
+    eventually,
+    order_body,
+    place,
+    stocked_sku,
+    wait_terminal,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def own_stack_settings(data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        database=DatabaseSettings(embedded_port=free_port()),
+        nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
+        temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
+        api=ApiSettings(port=free_port()),
+        # A long first retry: the flaky payment's saga is surely waiting on its timer when the
+        # stack stops.
+        saga=SagaSettings(initial_interval_s=4.0, max_interval_s=4.0),
+    )
+
+
+async def test_a_saga_in_flight_survives_a_full_restart(tmp_path: Path) -> None:
+    settings = own_stack_settings(tmp_path / "stack")
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    stack = DevStack(settings, ui=False)
+    await stack.start()
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as api:
+            sku = await stocked_sku(api, 5)
+            order_id = await place(api, order_body(sku, token="tok_flaky"))
+
+            async def waiting_for_retry() -> bool | None:
+                types = await event_types(api, order_id)
+                return True if "order.inventory_reserved" in types else None
+
+            await eventually(waiting_for_retry, what="the saga to reach its payment step")
+            status = (await api.get(f"/orders/{order_id}")).json()["status"]
+            assert status not in TERMINAL  # two 4 s retries still lie ahead of the capture
+    finally:
+        await stack.stop()
+
+    stack = DevStack(settings, ui=False)
+    await stack.start()
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as api:
+            order = await wait_terminal(api, order_id, timeout=60)
+            assert order["status"] == "CONFIRMED"
+            assert await event_types(api, order_id) == [
+                "order.placed",
+                "order.inventory_reserved",
+                "order.payment_captured",
+                "order.shipment_scheduled",
+                "order.confirmed",
+            ]
+            assert (await api.get(f"/inventory/{sku}")).json()["reserved"] == 1
+    finally:
+        await stack.stop()
