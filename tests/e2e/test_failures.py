@@ -14,7 +14,15 @@ from ordersaga import events
 from ordersaga.devstack import DevStack
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
-from tests.helpers import event_types, eventually, order_body, place, stocked_sku, wait_terminal
+from tests.helpers import (
+    event_types,
+    eventually,
+    order_body,
+    place,
+    stocked_sku,
+    unique,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -122,3 +130,58 @@ async def test_redelivered_events_leave_the_read_model_unchanged(
     await eventually(projector_caught_up, what="the projector to take the redeliveries")
     after = (await api.get(f"/orders/{order_id}")).json()
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
+
+
+async def test_a_failing_refund_waits_for_an_operator_and_then_completes(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    # The payment provider's refunds are down for this customer: a trigger rejects them.
+    customer = unique("attention")
+    outage = (
+        "CREATE FUNCTION payments.refund_outage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.kind = 'REFUND' AND NEW.order_id IN (SELECT order_id FROM api.order_requests "
+        f"WHERE customer_id = '{customer}') THEN RAISE EXCEPTION 'refunds are down'; END IF; "
+        "RETURN NEW; END $$"
+    )
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(outage))
+        await conn.execute(
+            sa.text(
+                "CREATE TRIGGER refund_outage BEFORE INSERT ON payments.ledger "
+                "FOR EACH ROW EXECUTE FUNCTION payments.refund_outage()"
+            )
+        )
+    try:
+        sku = await stocked_sku(api, 5)
+        order_id = await place(api, order_body(sku, country="ZZ", customer_id=customer))
+
+        async def attention() -> dict[str, object] | None:
+            body: dict[str, object] = (await api.get(f"/orders/{order_id}")).json()
+            return body if body["status"] == "REQUIRES_ATTENTION" else None
+
+        await eventually(attention, what="the order to require attention")
+        live = (await api.get(f"/orders/{order_id}/saga")).json()
+        assert live["status"] == "REQUIRES_ATTENTION"
+        assert "refunds are down" in live["attention_error"]
+        # Nothing was skipped ahead of the failed refund: the stock is still held.
+        assert (await api.get(f"/inventory/{sku}")).json()["reserved"] == 1
+        early = await api.post(f"/orders/{order_id}/cancel", json={})
+        assert early.status_code == 409
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DROP TRIGGER refund_outage ON payments.ledger"))
+            await conn.execute(sa.text("DROP FUNCTION payments.refund_outage()"))
+
+    retry = await api.post(f"/orders/{order_id}/retry-compensation")
+    assert retry.status_code == 202, retry.text
+    order = await wait_terminal(api, order_id)
+    assert (order["status"], order["failure_reason"]) == ("CANCELLED", "shipping_unavailable")
+    assert (await event_types(api, order_id))[-5:] == [
+        "order.shipment_failed",
+        "order.requires_attention",
+        "order.payment_refunded",
+        "order.inventory_released",
+        "order.cancelled",
+    ]
+    again = await api.post(f"/orders/{order_id}/retry-compensation")
+    assert again.status_code == 409

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 from temporalio.client import (
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -177,6 +178,26 @@ async def get_events(order_id: uuid.UUID, ctx: Ctx) -> list[dict[str, Any]]:
     if not stored and not await orders_repo.request_exists(ctx.engine, str(order_id)):
         raise NotFound(f"order {order_id} not found")
     return [events.to_cloudevent(e) for e in stored]
+
+
+@router.get(
+    "/{order_id}/saga",
+    responses={404: {"description": "unknown order"}, 503: {"description": "no worker answered"}},
+)
+async def saga_state(order_id: uuid.UUID, ctx: Ctx) -> SagaStateOut:
+    """Live status from the workflow itself (ahead of the read model; needs a running worker)."""
+    if not await orders_repo.request_exists(ctx.engine, str(order_id)):
+        raise NotFound(f"order {order_id} not found")
+    handle = ctx.temporal.get_workflow_handle(workflow_id(str(order_id)))
+    try:
+        state = await handle.query(
+            "status",
+            result_type=SagaState,
+            rpc_timeout=timedelta(seconds=ctx.settings.api.update_timeout),
+        )
+    except (RPCError, WorkflowQueryFailedError) as error:
+        raise Unavailable(f"the saga did not answer: {error}") from error
+    return SagaStateOut(**vars(state))
 
 
 async def _update(ctx: AppContext, order_id: str, name: str, *args: Any) -> SagaState:
