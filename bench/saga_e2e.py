@@ -22,16 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_temporal import run_bare
 
-from ordersaga.devstack import DevStack, free_port
+from ordersaga.devstack import DevStack, isolated_settings
 from ordersaga.domain import workflow_id
 from ordersaga.runtime import connect_temporal
-from ordersaga.settings import (
-    ApiSettings,
-    DatabaseSettings,
-    NatsSettings,
-    Settings,
-    TemporalSettings,
-)
+from ordersaga.settings import Settings
 
 GOAL = 0.6
 IN_FLIGHT = 64  # concurrent POSTs, as many clients would send
@@ -74,14 +68,7 @@ async def run_ours(
 
 async def main(n: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
-        settings = Settings(
-            data_dir=Path(data),
-            database=DatabaseSettings(embedded_port=free_port()),
-            nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
-            temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
-            api=ApiSettings(port=free_port()),
-        )
-        stack = DevStack(settings, ui=False)
+        stack = DevStack(isolated_settings(Path(data)), ui=False)
         resolved = await stack.start()
         try:
             client = await connect_temporal(resolved)

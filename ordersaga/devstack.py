@@ -29,7 +29,14 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
-from ordersaga.settings import Settings
+from ordersaga.settings import (
+    ApiSettings,
+    DatabaseSettings,
+    NatsSettings,
+    SagaSettings,
+    Settings,
+    TemporalSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def isolated_settings(data_dir: Path, saga: SagaSettings | None = None) -> Settings:
+    """A stack of its own (tests, benchmarks): every port free right now, data in `data_dir`."""
+    return Settings(
+        data_dir=data_dir,
+        database=DatabaseSettings(embedded_port=free_port()),
+        nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
+        temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
+        api=ApiSettings(port=free_port()),
+        saga=saga or SagaSettings(),
+    )
 
 
 def _port_in_use(port: int) -> bool:

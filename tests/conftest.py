@@ -15,27 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga import bus
 from ordersaga.db import create_engine
-from ordersaga.devstack import DevStack, free_port
+from ordersaga.devstack import DevStack, isolated_settings
 from ordersaga.eventstore import EventStore
-from ordersaga.settings import (
-    ApiSettings,
-    DatabaseSettings,
-    NatsSettings,
-    SagaSettings,
-    Settings,
-    TemporalSettings,
-)
+from ordersaga.settings import SagaSettings, Settings
 
 
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevStack]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("stack"),
-        database=DatabaseSettings(embedded_port=free_port()),
-        nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
-        temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
-        api=ApiSettings(port=free_port()),
-        saga=SagaSettings(
+    settings = isolated_settings(
+        tmp_path_factory.mktemp("stack"),
+        SagaSettings(
             step_max_attempts=5,
             compensation_max_attempts=5,
             initial_interval_s=0.2,

@@ -144,43 +144,38 @@ class OrderActivities:
     # Compensations: each undoes its step if the participant holds anything for the order, and
     # records that; when nothing is held (the step never took effect) there is no fact to record.
 
+    async def _undone(
+        self, step: StepInput, event_type: EventType, data: dict[str, Any] | None
+    ) -> StepResult:
+        if data is None:
+            return StepResult(step.expected_version, recorded=False)
+        data = {"order_id": step.order.order_id, **data}
+        version = await self._record(step.order.order_id, step.expected_version, event_type, data)
+        return StepResult(version)
+
     @activity.defn
     async def cancel_shipment(self, step: StepInput) -> StepResult:
         shipment = await self._shipping.cancel(step.order.order_id)
-        if shipment is None:
-            return StepResult(step.expected_version, recorded=False)
-        data = {"order_id": step.order.order_id, "shipment_id": shipment.shipment_id}
-        version = await self._record(
-            step.order.order_id, step.expected_version, EventType.SHIPMENT_CANCELLED, data
-        )
-        return StepResult(version)
+        data = None if shipment is None else {"shipment_id": shipment.shipment_id}
+        return await self._undone(step, EventType.SHIPMENT_CANCELLED, data)
 
     @activity.defn
     async def refund_payment(self, step: StepInput) -> StepResult:
         refund = await self._payments.refund(step.order.order_id)
-        if refund is None:
-            return StepResult(step.expected_version, recorded=False)
-        data = {
-            "order_id": step.order.order_id,
-            "payment_id": refund.payment_id,
-            "amount": refund.amount,
-            "currency": refund.currency,
-        }
-        version = await self._record(
-            step.order.order_id, step.expected_version, EventType.PAYMENT_REFUNDED, data
-        )
-        return StepResult(version)
+        data = None
+        if refund is not None:
+            data = {
+                "payment_id": refund.payment_id,
+                "amount": refund.amount,
+                "currency": refund.currency,
+            }
+        return await self._undone(step, EventType.PAYMENT_REFUNDED, data)
 
     @activity.defn
     async def release_inventory(self, step: StepInput) -> StepResult:
         released = await self._inventory.release(step.order.order_id)
-        if released is None:
-            return StepResult(step.expected_version, recorded=False)
-        data = {"order_id": step.order.order_id, "lines": released.lines}
-        version = await self._record(
-            step.order.order_id, step.expected_version, EventType.INVENTORY_RELEASED, data
-        )
-        return StepResult(version)
+        data = None if released is None else {"lines": released.lines}
+        return await self._undone(step, EventType.INVENTORY_RELEASED, data)
 
     def all(self) -> list[Any]:
         return [

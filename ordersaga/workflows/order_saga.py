@@ -95,7 +95,8 @@ class OrderSaga:
                 break
             attempted.append(step)
             try:
-                result = await self._shielded(self._run_step(FORWARD[step], order))
+                step_call = self._start(FORWARD[step], order, self._policy.step_max_attempts)
+                result = await self._shielded(step_call)
             except ActivityError as error:
                 business = self._business_failure(error)
                 if business is not None:
@@ -186,7 +187,8 @@ class OrderSaga:
                 self._cancel_requested = True
                 self._cancel_detail = self._cancel_detail or "workflow cancellation requested"
 
-    def _run_step(self, name: str, order: Order) -> Awaitable[StepResult]:
+    def _start(self, name: str, order: Order, max_attempts: int) -> Awaitable[StepResult]:
+        """Start a participant activity at the current stream version, with the saga's backoff."""
         p = self._policy
         return workflow.start_activity(
             name,
@@ -196,7 +198,8 @@ class OrderSaga:
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=p.initial_interval_s),
                 maximum_interval=timedelta(seconds=p.max_interval_s),
-                maximum_attempts=p.step_max_attempts,
+                maximum_attempts=max_attempts,
+                # Business refusals are raised non-retryable; naming them here guards the rest.
                 non_retryable_error_types=list(BUSINESS_ERRORS),
             ),
         )
@@ -210,22 +213,10 @@ class OrderSaga:
         return BUSINESS_ERRORS[cause.type].reason
 
     async def _compensate(self, name: str, order: Order) -> None:
-        p = self._policy
         while True:
             try:
-                result: StepResult = await self._shielded(
-                    workflow.start_activity(
-                        name,
-                        StepInput(order, self._version),
-                        result_type=StepResult,
-                        start_to_close_timeout=timedelta(seconds=p.activity_timeout_s),
-                        retry_policy=RetryPolicy(
-                            initial_interval=timedelta(seconds=p.initial_interval_s),
-                            maximum_interval=timedelta(seconds=p.max_interval_s),
-                            maximum_attempts=p.compensation_max_attempts,
-                        ),
-                    )
-                )
+                undo = self._start(name, order, self._policy.compensation_max_attempts)
+                result = await self._shielded(undo)
             except ActivityError as error:
                 cause = str(error.cause or error)
                 self._attention_error = f"{name}: {cause}"

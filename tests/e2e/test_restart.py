@@ -7,15 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ordersaga.devstack import DevStack, free_port
-from ordersaga.settings import (
-    ApiSettings,
-    DatabaseSettings,
-    NatsSettings,
-    SagaSettings,
-    Settings,
-    TemporalSettings,
-)
+from ordersaga.devstack import DevStack, isolated_settings
+from ordersaga.settings import SagaSettings
 from tests.helpers import (
     TERMINAL,
     event_types,
@@ -29,21 +22,12 @@ from tests.helpers import (
 pytestmark = pytest.mark.e2e
 
 
-def own_stack_settings(data_dir: Path) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        database=DatabaseSettings(embedded_port=free_port()),
-        nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
-        temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
-        api=ApiSettings(port=free_port()),
-        # A long first retry: the flaky payment's saga is surely waiting on its timer when the
-        # stack stops.
-        saga=SagaSettings(initial_interval_s=4.0, max_interval_s=4.0),
-    )
-
-
 async def test_a_saga_in_flight_survives_a_full_restart(tmp_path: Path) -> None:
-    settings = own_stack_settings(tmp_path / "stack")
+    # A long first retry: the flaky payment's saga is surely waiting on its timer when the
+    # stack stops.
+    settings = isolated_settings(
+        tmp_path / "stack", SagaSettings(initial_interval_s=4.0, max_interval_s=4.0)
+    )
     base = f"http://{settings.api.host}:{settings.api.port}"
     stack = DevStack(settings, ui=False)
     await stack.start()

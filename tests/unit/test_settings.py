@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 from pydantic import ValidationError
 
-from ordersaga.settings import Settings
+from ordersaga.domain import SagaPolicy
+from ordersaga.settings import SagaSettings, Settings
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,3 +31,9 @@ def test_a_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORDERSAGA_API__PORT", "eighty")
     with pytest.raises(ValidationError, match="port"):
         Settings()
+
+
+def test_saga_settings_and_the_workflow_policy_have_the_same_fields() -> None:
+    # The API builds the workflow's SagaPolicy from SagaSettings field by field.
+    assert set(SagaSettings.model_fields) == {f.name for f in fields(SagaPolicy)}
+    assert SagaPolicy(**SagaSettings().model_dump()) == SagaPolicy()

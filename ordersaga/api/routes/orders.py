@@ -82,14 +82,8 @@ def _accepted(order_id: str, current: OrderStatus) -> OrderAccepted:
 
 
 async def _start_saga(ctx: AppContext, order: Order) -> None:
-    s = ctx.settings.saga
-    policy = SagaPolicy(
-        step_max_attempts=s.step_max_attempts,
-        compensation_max_attempts=s.compensation_max_attempts,
-        initial_interval_s=s.initial_interval_s,
-        max_interval_s=s.max_interval_s,
-        activity_timeout_s=s.activity_timeout_s,
-    )
+    # The policy travels in the workflow input: a saga keeps the policy it started with.
+    policy = SagaPolicy(**ctx.settings.saga.model_dump())
     try:
         await ctx.temporal.start_workflow(
             "OrderSaga",
