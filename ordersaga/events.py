@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ordersaga.domain import EventType
-from ordersaga.eventstore import StoredEvent
+from ordersaga.eventstore import StoredEvent, Upcasters
 
 SOURCE = "/ordersaga/orders"
 
@@ -15,6 +15,18 @@ SOURCE = "/ordersaga/orders"
 def subject_for(prefix: str, order_id: str, event_type: str) -> str:
     """`orders.<order_id>.<event name>`, so both `orders.*.placed` and `orders.<id>.>` filter."""
     return f"{prefix}.{order_id}.{EventType(event_type).short_name}"
+
+
+def order_upcasters() -> Upcasters:
+    """Every order event type at its current schema version (1 for all, so far).
+
+    When an event's shape changes: bump its version here, register the step from the old one,
+    and keep writing only the new shape.
+    """
+    registry = Upcasters()
+    for event_type in EventType:
+        registry.current(event_type.value, 1)
+    return registry
 
 
 def traceparent(order_id: str, event_id: str) -> str:

@@ -1,26 +1,45 @@
-"""Postgres event store: append-only streams with optimistic concurrency and idempotent appends.
+"""Postgres event store: append-only streams, optimistic concurrency, idempotent appends, a global
+feed that never skips a late commit, snapshots and upcasting.
 
-Contract:
-- `append(stream_id, events, expected_version)` writes the events at versions
-  `expected_version + 1 ...` in one statement, or raises `ConcurrencyError` if the stream is not
-  at `expected_version` (`expected_version=0`: the stream must not exist yet).
-- Appending events whose ids are all stored already, with the same stream, version, type and
-  data, is a no-op that returns the stored records: activities are retried and must be safe.
-  The same id with other content raises `EventIdConflict`.
+Contract
+--------
+- `append(stream_id, events, expected_version)` writes the events at the versions after the
+  stream's current one, in one call to the `eventstore.append` function (one statement, one round
+  trip). `expected_version` is the version the stream must be at (`NO_STREAM` = 0: it must not
+  exist) or `ANY`. A clash raises `ConcurrencyError` naming both versions, before anything is
+  inserted, so the losing writer burns no global position. Writers of different streams do not
+  wait for each other.
+- Appending events whose ids are all stored already, with the same stream, versions, types and
+  data, is a no-op that returns the stored records (activities are retried). The same id with
+  other content raises `EventIdConflict`.
+- Reads pass every event through the `Upcasters`: an old `schema_version` comes out in the current
+  shape; an unknown type or version raises `UnknownEventError` with its global position.
+- The global feed (`read_all`, `subscribe`) yields each committed event exactly once, in
+  `(transaction id, position)` order, and only events of transactions older than the oldest one
+  still open: insert order is not commit order, so a position handed out early can commit late.
+  Its cost: a transaction left open holds readers back (sessions have
+  `idle_in_transaction_session_timeout`). Events of one stream come in version order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+NO_STREAM: Final = 0
+ANY: Final = -1
+
+NOTIFY_CHANNEL = "eventstore_appended"
+_CONCURRENCY_SQLSTATE = "OSC01"
 
 
 class ConcurrencyError(Exception):
@@ -37,6 +56,10 @@ class ConcurrencyError(Exception):
 
 class EventIdConflict(Exception):
     """An event id is stored already with different content."""
+
+
+class UnknownEventError(Exception):
+    """A stored event whose type or schema version no upcaster knows: never skipped silently."""
 
 
 @dataclass(frozen=True)
@@ -59,115 +82,291 @@ class StoredEvent:
     data: dict[str, Any]
     metadata: dict[str, Any]
     occurred_at: datetime
+    tx_id: int = 0
+
+    @property
+    def feed_position(self) -> FeedPosition:
+        return FeedPosition(self.tx_id, self.position)
+
+
+@dataclass(frozen=True, order=True)
+class FeedPosition:
+    """A checkpoint in the global feed: the last event a subscriber has handled."""
+
+    tx_id: int = 0
+    position: int = 0
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Upcasters:
+    """Per event type: its current schema version, and one step from each older version."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+        self._steps: dict[tuple[str, int], Upcaster] = {}
+
+    def current(self, event_type: str, version: int = 1) -> Upcasters:
+        self._current[event_type] = version
+        return self
+
+    def register(self, event_type: str, from_version: int, step: Upcaster) -> Upcasters:
+        """`step` turns data of `from_version` into data of `from_version + 1`."""
+        self._steps[(event_type, from_version)] = step
+        return self
+
+    def upcast(self, event: StoredEvent) -> StoredEvent:
+        current = self._current.get(event.event_type)
+        if current is None:
+            raise UnknownEventError(
+                f"unknown event type {event.event_type!r} at position {event.position}"
+            )
+        if event.schema_version == current:
+            return event
+        data, version = event.data, event.schema_version
+        while version < current:
+            step = self._steps.get((event.event_type, version))
+            if step is None:
+                break
+            data, version = step(data), version + 1
+        if version != current:
+            raise UnknownEventError(
+                f"no upcaster from {event.event_type!r} schema version {event.schema_version} "
+                f"to {current} (event at position {event.position})"
+            )
+        return replace(event, data=data, schema_version=current)
 
 
 _COLUMNS = (
     "position, stream_id, version, event_id::text AS event_id, event_type, schema_version, "
-    "data, metadata, occurred_at"
+    "data, metadata, occurred_at, tx_id::text::bigint AS tx_id"
+)
+_APPEND = f"SELECT {_COLUMNS} FROM eventstore.append($1, $2, $3, $4, $5, $6, $7)"
+_BY_IDS = f"SELECT {_COLUMNS} FROM eventstore.events WHERE event_id = ANY($1::uuid[])"
+_STREAM = (
+    f"SELECT {_COLUMNS} FROM eventstore.events WHERE stream_id = $1 "
+    "AND version >= $2 AND version <= $3 ORDER BY version"
+)
+_FEED = (
+    f"SELECT {_COLUMNS} FROM eventstore.events "
+    "WHERE (tx_id, position) > ($1::text::xid8, $2) "
+    "AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
+    "AND ($4::text[] IS NULL OR event_type = ANY($4)) "
+    "ORDER BY tx_id, position LIMIT $3"
 )
 
-_APPEND = sa.text(
-    f"""
-    INSERT INTO eventstore.events
-        (stream_id, version, event_id, event_type, schema_version, data, metadata)
-    SELECT :stream_id, CAST(:expected AS int) + i.ord::int, i.event_id, i.event_type,
-           i.schema_version, i.data::jsonb, i.metadata::jsonb
-    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:types AS text[]), CAST(:schemas AS int[]),
-                CAST(:datas AS text[]), CAST(:metas AS text[]))
-         WITH ORDINALITY AS i(event_id, event_type, schema_version, data, metadata, ord)
-    WHERE CAST(:expected AS int) = 0 OR EXISTS (
-        SELECT 1 FROM eventstore.events WHERE stream_id = :stream_id
-        AND version = CAST(:expected AS int))
-    RETURNING {_COLUMNS}
-    """
-)
+S = TypeVar("S")
 
 
-def _row_to_event(row: sa.Row[Any]) -> StoredEvent:
+def _json(value: Any) -> Any:
+    # SQLAlchemy's pool installs a jsonb codec that decodes already; a plain asyncpg one does not.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _event(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
-        position=row.position,
-        stream_id=row.stream_id,
-        version=row.version,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        schema_version=row.schema_version,
-        data=row.data,
-        metadata=row.metadata,
-        occurred_at=row.occurred_at,
+        position=row["position"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        data=_json(row["data"]),
+        metadata=_json(row["metadata"]),
+        occurred_at=row["occurred_at"],
+        tx_id=row["tx_id"],
     )
 
 
 class EventStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """The event store over the engine's connection pool (asyncpg underneath)."""
+
+    def __init__(self, engine: AsyncEngine, upcasters: Upcasters | None = None) -> None:
         self._engine = engine
+        self._upcasters = upcasters
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        # The driver connection itself: one call per append, autocommitted, with asyncpg's
+        # prepared-statement cache; the pool (and its session settings) stays SQLAlchemy's.
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: asyncpg.Connection = raw.driver_connection
+            yield driver
+
+    def _read(self, row: asyncpg.Record) -> StoredEvent:
+        event = _event(row)
+        return self._upcasters.upcast(event) if self._upcasters else event
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int = ANY
     ) -> list[StoredEvent]:
         if not events:
             return []
-        params = {
-            "stream_id": stream_id,
-            "expected": expected_version,
-            "event_ids": [uuid.UUID(e.event_id) for e in events],
-            "types": [e.event_type for e in events],
-            "schemas": [e.schema_version for e in events],
-            "datas": [json.dumps(e.data) for e in events],
-            "metas": [json.dumps(e.metadata) for e in events],
-        }
+        args = (
+            stream_id,
+            expected_version,
+            [uuid.UUID(e.event_id) for e in events],
+            [e.event_type for e in events],
+            [e.schema_version for e in events],
+            [json.dumps(e.data) for e in events],
+            [json.dumps(e.metadata) for e in events],
+        )
         try:
-            async with self._engine.begin() as conn:
-                rows = (await conn.execute(_APPEND, params)).all()
-        except IntegrityError:
-            rows = []
-        if len(rows) == len(events):
-            return [_row_to_event(r) for r in sorted(rows, key=lambda r: r.version)]
-        # Nothing was written: either a retry of an append that already happened, or a clash.
-        return await self._resolve_rejected(stream_id, events, expected_version)
+            async with self._connection() as conn:
+                rows = await conn.fetch(_APPEND, *args)
+        except asyncpg.PostgresError as error:
+            if error.sqlstate == _CONCURRENCY_SQLSTATE:
+                # A concurrent retry of this very batch may have won: then it is a no-op.
+                stored = await self._by_ids([e.event_id for e in events])
+                if not stored:
+                    actual = int(getattr(error, "detail", None) or 0)
+                    raise ConcurrencyError(stream_id, expected_version, actual) from None
+                return self._same_or_conflict(stream_id, events, stored)
+            if isinstance(error, asyncpg.UniqueViolationError):
+                stored = await self._by_ids([e.event_id for e in events])
+                return self._same_or_conflict(stream_id, events, stored)
+            raise
+        # Fresh rows, or (for a retry) the stored ones: either way they must match the batch.
+        return self._same_or_conflict(stream_id, events, {r["event_id"]: _event(r) for r in rows})
 
-    async def _resolve_rejected(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    @staticmethod
+    def _same_or_conflict(
+        stream_id: str, events: Sequence[NewEvent], stored: dict[str, StoredEvent]
     ) -> list[StoredEvent]:
-        stored = await self._by_ids([e.event_id for e in events])
-        if not stored:
-            raise ConcurrencyError(stream_id, expected_version, await self.version(stream_id))
-        for offset, new in enumerate(events, start=1):
-            old = stored.get(new.event_id)
-            if old is None or (
-                old.stream_id,
-                old.version,
-                old.event_type,
-                old.data,
-            ) != (stream_id, expected_version + offset, new.event_type, new.data):
+        found = [stored.get(e.event_id) for e in events]
+        first = found[0]
+        for offset, (new, old) in enumerate(zip(events, found, strict=True)):
+            if (
+                old is None
+                or first is None
+                or (old.stream_id, old.version, old.event_type, old.data)
+                != (stream_id, first.version + offset, new.event_type, new.data)
+            ):
                 raise EventIdConflict(
                     f"event {new.event_id} of stream {stream_id!r} is stored with other content"
                     " (or only part of the batch is stored)"
                 )
-        return [stored[e.event_id] for e in events]
+        return [e for e in found if e is not None]
 
     async def _by_ids(self, event_ids: list[str]) -> dict[str, StoredEvent]:
-        query = sa.text(
-            f"SELECT {_COLUMNS} FROM eventstore.events WHERE event_id = ANY(CAST(:ids AS uuid[]))"
-        )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query, {"ids": [uuid.UUID(i) for i in event_ids]})).all()
-        return {r.event_id: _row_to_event(r) for r in rows}
+        async with self._connection() as conn:
+            rows = await conn.fetch(_BY_IDS, [uuid.UUID(i) for i in event_ids])
+        return {r["event_id"]: _event(r) for r in rows}
 
     async def version(self, stream_id: str) -> int:
-        query = sa.text(
-            "SELECT coalesce(max(version), 0) FROM eventstore.events WHERE stream_id = :s"
-        )
-        async with self._engine.connect() as conn:
-            return int((await conn.execute(query, {"s": stream_id})).scalar_one())
+        async with self._connection() as conn:
+            value = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) FROM eventstore.events WHERE stream_id = $1",
+                stream_id,
+            )
+        return int(value)
 
     async def read_stream(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
     ) -> list[StoredEvent]:
-        query = sa.text(
-            f"SELECT {_COLUMNS} FROM eventstore.events WHERE stream_id = :s "
-            "AND version >= :lo AND version <= :hi ORDER BY version"
-        )
         hi = to_version if to_version is not None else 2**31 - 1
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query, {"s": stream_id, "lo": from_version, "hi": hi})).all()
-        return [_row_to_event(r) for r in rows]
+        async with self._connection() as conn:
+            rows = await conn.fetch(_STREAM, stream_id, from_version, hi)
+        return [self._read(r) for r in rows]
+
+    # -- the global feed ------------------------------------------------------------------------
+
+    async def read_all(
+        self,
+        after: FeedPosition = FeedPosition(),
+        limit: int = 500,
+        event_types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        """The next committed events after `after`, in feed order (see the module docstring)."""
+        types = list(event_types) if event_types is not None else None
+        async with self._connection() as conn:
+            rows = await conn.fetch(_FEED, str(after.tx_id), after.position, limit, types)
+        return [self._read(r) for r in rows]
+
+    async def subscribe(
+        self,
+        after: FeedPosition = FeedPosition(),
+        *,
+        batch: int = 500,
+        poll_interval: float = 1.0,
+        event_types: Sequence[str] | None = None,
+    ) -> AsyncGenerator[StoredEvent, None]:
+        """Tail the feed for ever: woken by LISTEN/NOTIFY, polling as the fallback.
+
+        The fallback matters: an append notifies at its commit, but its events become readable
+        only once every older transaction has ended, which sends no notification.
+        """
+        wake = asyncio.Event()
+
+        def on_notify(*_: object) -> None:
+            wake.set()
+
+        async with self._connection() as listener:
+            await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+            try:
+                while True:
+                    wake.clear()
+                    events = await self.read_all(after, batch, event_types)
+                    for event in events:
+                        yield event
+                        after = event.feed_position
+                    if len(events) < batch:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(wake.wait(), poll_interval)
+            finally:
+                await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    async def save_snapshot(
+        self, stream_id: str, name: str, version: int, state: dict[str, Any]
+    ) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO eventstore.snapshots (stream_id, name, version, state) "
+                "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (stream_id, name) DO UPDATE "
+                "SET version = excluded.version, state = excluded.state, taken_at = now() "
+                "WHERE eventstore.snapshots.version < excluded.version",
+                stream_id,
+                name,
+                version,
+                json.dumps(state),
+            )
+
+    async def latest_snapshot(self, stream_id: str, name: str) -> tuple[int, dict[str, Any]] | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT version, state FROM eventstore.snapshots "
+                "WHERE stream_id = $1 AND name = $2",
+                stream_id,
+                name,
+            )
+        return None if row is None else (row["version"], _json(row["state"]))
+
+    async def load(
+        self,
+        stream_id: str,
+        fold: Callable[[dict[str, Any], StoredEvent], dict[str, Any]],
+        initial: dict[str, Any],
+        *,
+        snapshot: str,
+        every: int = 100,
+    ) -> tuple[dict[str, Any], int]:
+        """State of a stream = latest snapshot + the events after it; snapshots every `every`.
+
+        `snapshot` names the fold: change the name when the fold changes, and old snapshots
+        are ignored rather than trusted.
+        """
+        state, version = initial, 0
+        taken = await self.latest_snapshot(stream_id, snapshot)
+        if taken is not None:
+            version, state = taken
+        last_snapshot = version
+        for event in await self.read_stream(stream_id, from_version=version + 1):
+            state, version = fold(state, event), event.version
+            if version - last_snapshot >= every:
+                await self.save_snapshot(stream_id, snapshot, version, state)
+                last_snapshot = version
+        return state, version

@@ -15,6 +15,7 @@ from ordersaga.activities.participants import (
 )
 from ordersaga.activities.saga import OrderActivities
 from ordersaga.db import create_engine
+from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
 from ordersaga.workflows.order_saga import OrderSaga
@@ -32,7 +33,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         client = await runtime.connect_temporal(settings)
         await runtime.ensure_search_attributes(client, settings)
         activities = OrderActivities(
-            EventStore(engine),
+            EventStore(engine, order_upcasters()),
             bus.EventPublisher(js, settings),
             PostgresInventory(engine),
             PostgresPayments(engine),

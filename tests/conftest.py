@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ordersaga import bus
 from ordersaga.db import create_engine
 from ordersaga.devstack import DevStack, isolated_settings
+from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import SagaSettings, Settings
 
@@ -52,7 +53,7 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 def store(engine: AsyncEngine) -> EventStore:
-    return EventStore(engine)
+    return EventStore(engine, order_upcasters())
 
 
 @pytest.fixture(scope="session")

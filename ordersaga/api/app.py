@@ -13,6 +13,7 @@ from ordersaga.api import errors
 from ordersaga.api.deps import AppContext
 from ordersaga.api.routes import health, inventory, orders
 from ordersaga.db import create_engine
+from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings, get_settings
 
@@ -26,7 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             temporal = await runtime.connect_temporal(s)
             app.state.ctx = AppContext(
-                s, engine, temporal, nc, EventStore(engine), PostgresInventory(engine)
+                s,
+                engine,
+                temporal,
+                nc,
+                EventStore(engine, order_upcasters()),
+                PostgresInventory(engine),
             )
             yield
         finally:

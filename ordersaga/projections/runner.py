@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga import bus, events, runtime
 from ordersaga.db import create_engine
+from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.projections.orders import OrderEvent, OrderProjection
 from ordersaga.settings import Settings
@@ -44,7 +45,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         js = nc.jetstream()
         await bus.ensure_stream(js, settings)
-        projection = OrderProjection(EventStore(engine))
+        projection = OrderProjection(EventStore(engine, order_upcasters()))
         sub = await js.pull_subscribe(
             f"{settings.nats.subject_prefix}.>",
             durable=settings.nats.projector_durable,

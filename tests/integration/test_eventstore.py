@@ -1,14 +1,49 @@
-"""The event store against the real Postgres: expectations, idempotency, concurrency."""
+"""The event store's contract, against the real Postgres."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import uuid
+from collections import defaultdict
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga.domain import event_id
-from ordersaga.eventstore import ConcurrencyError, EventIdConflict, EventStore, NewEvent
+from ordersaga.eventstore import (
+    ANY,
+    NO_STREAM,
+    ConcurrencyError,
+    EventIdConflict,
+    EventStore,
+    FeedPosition,
+    NewEvent,
+    StoredEvent,
+    UnknownEventError,
+    Upcasters,
+)
+
+HAPPENED = "test.happened"
+
+
+def count_to_n(data: dict[str, Any]) -> dict[str, Any]:
+    """test.happened 1 -> 2: the field "count" was renamed "n"."""
+    renamed = {k: v for k, v in data.items() if k != "count"}
+    return {**renamed, "n": data["count"]}
+
+
+def registry() -> Upcasters:
+    return Upcasters().current(HAPPENED, 2).register(HAPPENED, 1, count_to_n)
+
+
+@pytest.fixture(scope="module")
+def es(engine: AsyncEngine) -> EventStore:
+    return EventStore(engine, registry())
 
 
 def stream() -> str:
@@ -19,70 +54,233 @@ def events(stream_id: str, start: int, count: int, tag: str = "x") -> list[NewEv
     """Events as one writer (`tag`) would make them: its ids are its own."""
     return [
         NewEvent(
-            event_id(f"{stream_id}/{tag}", v, "order.placed"), "order.placed", {"n": v, "tag": tag}
+            event_id(f"{stream_id}/{tag}", v, HAPPENED),
+            HAPPENED,
+            {"n": v, "tag": tag},
+            schema_version=2,
         )
         for v in range(start, start + count)
     ]
 
 
-async def test_append_assigns_consecutive_versions(store: EventStore) -> None:
+async def test_append_assigns_consecutive_versions(es: EventStore) -> None:
     s = stream()
-    first = await store.append(s, events(s, 1, 2), expected_version=0)
-    second = await store.append(s, events(s, 3, 2), expected_version=2)
+    first = await es.append(s, events(s, 1, 2), expected_version=NO_STREAM)
+    second = await es.append(s, events(s, 3, 2), expected_version=2)
     assert [e.version for e in first + second] == [1, 2, 3, 4]
     positions = [e.position for e in first + second]
     assert positions == sorted(positions)
-    assert [e.data["n"] for e in await store.read_stream(s)] == [1, 2, 3, 4]
-    assert [e.version for e in await store.read_stream(s, from_version=3)] == [3, 4]
-    assert await store.version(s) == 4
+    assert [e.data["n"] for e in await es.read_stream(s)] == [1, 2, 3, 4]
+    assert [e.version for e in await es.read_stream(s, from_version=3)] == [3, 4]
+    assert await es.version(s) == 4
+
+
+async def test_expect_any_appends_wherever_the_stream_is(es: EventStore) -> None:
+    s = stream()
+    await es.append(s, events(s, 1, 1, tag="a"), expected_version=ANY)
+    stored = await es.append(s, events(s, 1, 2, tag="b"), expected_version=ANY)
+    assert [e.version for e in stored] == [2, 3]
 
 
 async def test_a_retried_append_stores_nothing_and_returns_the_stored_events(
-    store: EventStore,
+    es: EventStore,
 ) -> None:
     s = stream()
     batch = events(s, 1, 3)
-    first = await store.append(s, batch, expected_version=0)
-    again = await store.append(s, batch, expected_version=0)
+    first = await es.append(s, batch, expected_version=NO_STREAM)
+    again = await es.append(s, batch, expected_version=NO_STREAM)
     assert again == first
-    assert len(await store.read_stream(s)) == 3
+    assert len(await es.read_stream(s)) == 3
 
 
-async def test_the_same_event_id_with_other_content_is_an_error(store: EventStore) -> None:
+async def test_the_same_event_id_with_other_content_is_an_error(es: EventStore) -> None:
     s = stream()
     original = events(s, 1, 1)[0]
-    await store.append(s, [original], expected_version=0)
-    altered = NewEvent(original.event_id, original.event_type, {"n": 1, "tag": "altered"})
+    await es.append(s, [original], expected_version=NO_STREAM)
+    altered = NewEvent(original.event_id, HAPPENED, {"n": 1, "tag": "altered"}, schema_version=2)
     with pytest.raises(EventIdConflict):
-        await store.append(s, [altered], expected_version=0)
+        await es.append(s, [altered], expected_version=NO_STREAM)
+    with pytest.raises(EventIdConflict):  # the same id in another stream
+        await es.append(stream(), [original], expected_version=NO_STREAM)
 
 
-async def test_wrong_expected_version_is_a_concurrency_error(store: EventStore) -> None:
+async def test_wrong_expected_version_names_both_and_burns_no_position(es: EventStore) -> None:
     s = stream()
-    await store.append(s, events(s, 1, 2), expected_version=0)
+    await es.append(s, events(s, 1, 2), expected_version=NO_STREAM)
     with pytest.raises(ConcurrencyError) as behind:
-        await store.append(s, events(s, 2, 1, tag="other"), expected_version=1)
+        await es.append(s, events(s, 2, 1, tag="other"), expected_version=1)
     assert (behind.value.expected, behind.value.actual) == (1, 2)
     with pytest.raises(ConcurrencyError) as ahead:
-        await store.append(s, events(s, 6, 1), expected_version=5)
+        await es.append(s, events(s, 6, 1), expected_version=5)
     assert "expected version 5" in str(ahead.value) and "version 2" in str(ahead.value)
     with pytest.raises(ConcurrencyError):
-        await store.append(s, events(s, 1, 1, tag="new"), expected_version=0)
+        await es.append(s, events(s, 1, 1, tag="new"), expected_version=NO_STREAM)
+    # The losers took no global position: the next append follows the last one directly.
+    last = (await es.read_stream(s))[-1].position
+    after = await es.append(s, events(s, 3, 1, tag="later"), expected_version=2)
+    assert after[0].position == last + 1
 
 
-async def test_concurrent_appends_to_one_stream_one_wins(store: EventStore) -> None:
+async def test_concurrent_appends_to_one_stream_one_wins(es: EventStore) -> None:
     for _ in range(10):
         s = stream()
-        await store.append(s, events(s, 1, 1), expected_version=0)
+        await es.append(s, events(s, 1, 1), expected_version=NO_STREAM)
         results = await asyncio.gather(
-            store.append(s, events(s, 2, 2, tag="a"), expected_version=1),
-            store.append(s, events(s, 2, 2, tag="b"), expected_version=1),
+            es.append(s, events(s, 2, 2, tag="a"), expected_version=1),
+            es.append(s, events(s, 2, 2, tag="b"), expected_version=1),
             return_exceptions=True,
         )
         winners = [r for r in results if not isinstance(r, BaseException)]
         losers = [r for r in results if isinstance(r, BaseException)]
         assert len(winners) == 1 and len(losers) == 1
         assert isinstance(losers[0], ConcurrencyError)
-        stored = await store.read_stream(s)
+        stored = await es.read_stream(s)
         assert [e.version for e in stored] == [1, 2, 3]
         assert {e.data["tag"] for e in stored[1:]} == {winners[0][0].data["tag"]}
+
+
+async def test_old_schema_versions_are_upcast_and_unknown_ones_fail_loudly(
+    es: EventStore, engine: AsyncEngine
+) -> None:
+    s = stream()
+    old = NewEvent(str(uuid.uuid4()), HAPPENED, {"count": 7, "tag": "v1"}, schema_version=1)
+    await es.append(s, [old], expected_version=NO_STREAM)
+    [read] = await es.read_stream(s)
+    assert (read.schema_version, read.data) == (2, {"n": 7, "tag": "v1"})
+
+    future = NewEvent(str(uuid.uuid4()), HAPPENED, {"n": 1}, schema_version=3)
+    [stored] = await es.append(s, [future], expected_version=1)
+    with pytest.raises(UnknownEventError, match=f"position {stored.position}"):
+        await es.read_stream(s)
+    other = stream()
+    [alien] = await EventStore(engine).append(
+        other, [NewEvent(str(uuid.uuid4()), "test.alien", {})], expected_version=NO_STREAM
+    )
+    with pytest.raises(UnknownEventError, match=f"'test.alien' at position {alien.position}"):
+        await es.read_stream(other)
+
+
+def fold(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
+    return {"total": state["total"] + event.data["n"], "seen": [*state["seen"], event.version]}
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    batches=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=8),
+    every=st.integers(min_value=1, max_value=10),
+)
+def test_snapshot_plus_tail_equals_full_replay(
+    es: EventStore, batches: list[int], every: int
+) -> None:
+    async def scenario() -> None:
+        s = stream()
+        initial: dict[str, Any] = {"total": 0, "seen": []}
+        version = 0
+        for size in batches:
+            await es.append(s, events(s, version + 1, size), expected_version=version)
+            version += size
+            # Load (and maybe snapshot) between batches, so snapshots land mid-stream.
+            await es.load(s, fold, initial, snapshot="sum-v1", every=every)
+        replayed = initial
+        for event in await es.read_stream(s):
+            replayed = fold(replayed, event)
+        loaded, at = await es.load(s, fold, initial, snapshot="sum-v1", every=every)
+        assert (loaded, at) == (replayed, version)
+        taken = await es.latest_snapshot(s, "sum-v1")
+        if version >= every:
+            assert taken is not None and taken[0] <= version
+
+    asyncio.get_event_loop().run_until_complete(scenario())
+
+
+async def test_the_feed_sees_every_committed_event_once_in_stream_order(
+    engine: AsyncEngine,
+) -> None:
+    """Writers commit in random order, some hold their transaction open, some roll back; a
+    reader tails the feed from its checkpoint and restarts from it now and then."""
+    es = EventStore(engine)  # no upcasting: other tests leave deliberately unreadable events
+    rng = random.Random(1234)
+    streams = [stream() for _ in range(12)]
+    committed: set[str] = set()
+    rolled_back: set[str] = set()
+    start = FeedPosition()
+    head = await es.read_all(start, limit=1_000_000)
+    if head:
+        start = head[-1].feed_position
+    writers_done = asyncio.Event()
+
+    async def writer(k: int) -> None:
+        for j in range(15):
+            s = rng.choice(streams)
+            batch = [
+                NewEvent(str(uuid.uuid4()), HAPPENED, {"n": j, "w": k}, schema_version=2)
+                for _ in range(rng.randint(1, 3))
+            ]
+            hold = rng.choice([0, 0, 0, 0.005, 0.02, 0.2])  # some transactions stay open long
+            rollback = rng.random() < 0.15
+            async with engine.connect() as conn:
+                raw = (await conn.get_raw_connection()).driver_connection
+                assert raw is not None
+                tx = raw.transaction()
+                await tx.start()
+                await raw.fetch(
+                    "SELECT * FROM eventstore.append($1, -1, $2, $3, $4, $5, $6)",
+                    s,
+                    [uuid.UUID(e.event_id) for e in batch],
+                    [e.event_type for e in batch],
+                    [2] * len(batch),
+                    [json.dumps(e.data) for e in batch],
+                    ["{}"] * len(batch),
+                )
+                await asyncio.sleep(hold)  # holds the transaction open, on purpose
+                if rollback:
+                    await tx.rollback()
+                    rolled_back.update(e.event_id for e in batch)
+                else:
+                    await tx.commit()
+                    committed.update(e.event_id for e in batch)
+
+    seen: list[StoredEvent] = []
+
+    async def reader() -> None:
+        checkpoint = start
+        while True:
+            restart_after = rng.randint(5, 40)
+            handled = 0
+            stream_it = es.subscribe(checkpoint, batch=16, poll_interval=0.05)
+            async for event in stream_it:
+                if event.event_type != HAPPENED or not event.stream_id.startswith("test-"):
+                    checkpoint = event.feed_position
+                    continue
+                seen.append(event)
+                checkpoint = event.feed_position
+                handled += 1
+                if handled >= restart_after:
+                    break  # "crash": resume from the checkpoint with a new subscription
+                if writers_done.is_set() and {e.event_id for e in seen} >= committed:
+                    await stream_it.aclose()
+                    return
+            await stream_it.aclose()
+            if writers_done.is_set() and {e.event_id for e in seen} >= committed:
+                return
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(k) for k in range(8)))
+    writers_done.set()
+    await asyncio.wait_for(reading, timeout=60)
+
+    ours = [e for e in seen if e.stream_id in streams]
+    ids = [e.event_id for e in ours]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    assert set(ids) == committed
+    assert not set(ids) & rolled_back
+    by_stream: dict[str, list[int]] = defaultdict(list)
+    for event in ours:
+        by_stream[event.stream_id].append(event.version)
+    for versions in by_stream.values():
+        assert versions == sorted(versions)
+        assert versions == list(range(1, len(versions) + 1))
