@@ -26,7 +26,9 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/saga_e2e.py
+	$(BIN)/python bench/event_store.py
 
 clean:
 	rm -rf $(VENV) .ordersaga

@@ -197,8 +197,18 @@ class Managed:
 class DevStack:
     """Starts what the settings do not point elsewhere, in dependency order; stops in reverse."""
 
-    def __init__(self, settings: Settings, *, apps: bool = True, ui: bool = True) -> None:
+    SERVERS = ("postgres", "nats", "temporal")
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        apps: bool = True,
+        ui: bool = True,
+        servers: tuple[str, ...] = SERVERS,
+    ) -> None:
         self.base = settings
+        self.servers = servers
         self.data_dir = settings.data_dir.resolve()
         self.apps = apps
         self.ui = ui
@@ -326,13 +336,13 @@ class DevStack:
         base = self.base
         infra: list[Managed] = []
         updates: dict[str, object] = {}
-        if base.database.url is None:
+        if base.database.url is None and "postgres" in self.servers:
             infra.append(self._postgres())
             updates["database"] = base.database.model_copy(update={"url": base.database_url()})
-        if base.nats.url is None:
+        if base.nats.url is None and "nats" in self.servers:
             infra.append(self._nats())
             updates["nats"] = base.nats.model_copy(update={"url": base.nats_url()})
-        if base.temporal.address is None:
+        if base.temporal.address is None and "temporal" in self.servers:
             infra.append(self._temporal())
             updates["temporal"] = base.temporal.model_copy(
                 update={"address": base.temporal_address()}
@@ -377,14 +387,14 @@ class DevStack:
     def _check_ports(self) -> None:
         s = self.base
         wanted = []
-        if s.database.url is None:
+        if s.database.url is None and "postgres" in self.servers:
             wanted.append(("ORDERSAGA_DATABASE__EMBEDDED_PORT", s.database.embedded_port))
-        if s.nats.url is None:
+        if s.nats.url is None and "nats" in self.servers:
             wanted += [
                 ("ORDERSAGA_NATS__EMBEDDED_PORT", s.nats.embedded_port),
                 ("ORDERSAGA_NATS__EMBEDDED_MONITOR_PORT", s.nats.embedded_monitor_port),
             ]
-        if s.temporal.address is None:
+        if s.temporal.address is None and "temporal" in self.servers:
             wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_PORT", s.temporal.embedded_port))
             if self.ui:
                 wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_UI_PORT", s.temporal.embedded_ui_port))

@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 NO_STREAM: Final = 0
 ANY: Final = -1
@@ -180,20 +179,40 @@ def _event(row: asyncpg.Record) -> StoredEvent:
 
 
 class EventStore:
-    """The event store over the engine's connection pool (asyncpg underneath)."""
+    """The event store over an asyncpg pool (`ordersaga.db.create_pool`)."""
 
-    def __init__(self, engine: AsyncEngine, upcasters: Upcasters | None = None) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        upcasters: Upcasters | None = None,
+        *,
+        notify_window: float = 0.005,
+    ) -> None:
+        self._pool = pool
         self._upcasters = upcasters
+        self._notify_window = notify_window
+        self._notify_pending: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        # The driver connection itself: one call per append, autocommitted, with asyncpg's
-        # prepared-statement cache; the pool (and its session settings) stays SQLAlchemy's.
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: asyncpg.Connection = raw.driver_connection
-            yield driver
+        async with self._pool.acquire() as conn:
+            yield conn
+
+    def _wake_subscribers(self) -> None:
+        """Send one NOTIFY per window, after the appends' commits.
+
+        A NOTIFY inside each append would serialise every committing writer on Postgres's
+        notification queue lock (a third of the append rate here). The notification is only a
+        hint (subscribers re-query the feed and also poll), so one per window is enough.
+        """
+        if self._notify_pending is None or self._notify_pending.done():
+            self._notify_pending = asyncio.create_task(self._notify())
+
+    async def _notify(self) -> None:
+        await asyncio.sleep(self._notify_window)  # coalesce the appends of this window
+        with contextlib.suppress(asyncpg.PostgresError, OSError):
+            async with self._connection() as conn:
+                await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
     def _read(self, row: asyncpg.Record) -> StoredEvent:
         event = _event(row)
@@ -228,6 +247,7 @@ class EventStore:
                 stored = await self._by_ids([e.event_id for e in events])
                 return self._same_or_conflict(stream_id, events, stored)
             raise
+        self._wake_subscribers()
         # Fresh rows, or (for a retry) the stored ones: either way they must match the batch.
         return self._same_or_conflict(stream_id, events, {r["event_id"]: _event(r) for r in rows})
 
@@ -295,7 +315,7 @@ class EventStore:
     ) -> AsyncGenerator[StoredEvent, None]:
         """Tail the feed for ever: woken by LISTEN/NOTIFY, polling as the fallback.
 
-        The fallback matters: an append notifies at its commit, but its events become readable
+        The fallback matters: appends notify after they commit, but their events become readable
         only once every older transaction has ended, which sends no notification.
         """
         wake = asyncio.Event()

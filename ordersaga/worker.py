@@ -14,7 +14,7 @@ from ordersaga.activities.participants import (
     PostgresShipping,
 )
 from ordersaga.activities.saga import OrderActivities
-from ordersaga.db import create_engine
+from ordersaga.db import create_engine, create_pool
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     engine = create_engine(settings)
+    pool = await create_pool(settings)
     nc = await bus.connect(settings, "worker")
     try:
         js = nc.jetstream()
@@ -33,7 +34,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         client = await runtime.connect_temporal(settings)
         await runtime.ensure_search_attributes(client, settings)
         activities = OrderActivities(
-            EventStore(engine, order_upcasters()),
+            EventStore(pool, order_upcasters()),
             bus.EventPublisher(js, settings),
             PostgresInventory(engine),
             PostgresPayments(engine),
@@ -53,4 +54,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await stop.wait()
     finally:
         await nc.close()
+        await pool.close()
         await engine.dispose()

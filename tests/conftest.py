@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga import bus
-from ordersaga.db import create_engine
+from ordersaga.db import create_engine, create_pool
 from ordersaga.devstack import DevStack, isolated_settings
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
@@ -52,8 +53,15 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="session")
-def store(engine: AsyncEngine) -> EventStore:
-    return EventStore(engine, order_upcasters())
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(settings)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def store(pool: asyncpg.Pool) -> EventStore:
+    return EventStore(pool, order_upcasters())
 
 
 @pytest.fixture(scope="session")

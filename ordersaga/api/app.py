@@ -12,7 +12,7 @@ from ordersaga.activities.participants import PostgresInventory
 from ordersaga.api import errors
 from ordersaga.api.deps import AppContext
 from ordersaga.api.routes import health, inventory, orders
-from ordersaga.db import create_engine
+from ordersaga.db import create_engine, create_pool
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings, get_settings
@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
         engine = create_engine(s)
+        pool = await create_pool(s)
         nc = await bus.connect(s, "api")
         try:
             temporal = await runtime.connect_temporal(s)
@@ -31,12 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine,
                 temporal,
                 nc,
-                EventStore(engine, order_upcasters()),
+                EventStore(pool, order_upcasters()),
                 PostgresInventory(engine),
             )
             yield
         finally:
             await nc.close()
+            await pool.close()
             await engine.dispose()
 
     app = FastAPI(

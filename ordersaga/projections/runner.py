@@ -11,7 +11,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga import bus, events, runtime
-from ordersaga.db import create_engine
+from ordersaga.db import create_engine, create_pool
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.projections.orders import OrderEvent, OrderProjection
@@ -41,11 +41,12 @@ async def process(engine: AsyncEngine, projection: OrderProjection, msg: Msg) ->
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     engine = create_engine(settings, pool_size=2)
+    pool = await create_pool(settings, size=2)
     nc = await bus.connect(settings, "projector")
     try:
         js = nc.jetstream()
         await bus.ensure_stream(js, settings)
-        projection = OrderProjection(EventStore(engine, order_upcasters()))
+        projection = OrderProjection(EventStore(pool, order_upcasters()))
         sub = await js.pull_subscribe(
             f"{settings.nats.subject_prefix}.>",
             durable=settings.nats.projector_durable,
@@ -71,4 +72,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 await process(engine, projection, msg)
     finally:
         await nc.close()
+        await pool.close()
         await engine.dispose()

@@ -9,10 +9,10 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga.domain import event_id
 from ordersaga.eventstore import (
@@ -42,8 +42,8 @@ def registry() -> Upcasters:
 
 
 @pytest.fixture(scope="module")
-def es(engine: AsyncEngine) -> EventStore:
-    return EventStore(engine, registry())
+def es(pool: asyncpg.Pool) -> EventStore:
+    return EventStore(pool, registry())
 
 
 def stream() -> str:
@@ -140,7 +140,7 @@ async def test_concurrent_appends_to_one_stream_one_wins(es: EventStore) -> None
 
 
 async def test_old_schema_versions_are_upcast_and_unknown_ones_fail_loudly(
-    es: EventStore, engine: AsyncEngine
+    es: EventStore, pool: asyncpg.Pool
 ) -> None:
     s = stream()
     old = NewEvent(str(uuid.uuid4()), HAPPENED, {"count": 7, "tag": "v1"}, schema_version=1)
@@ -153,7 +153,7 @@ async def test_old_schema_versions_are_upcast_and_unknown_ones_fail_loudly(
     with pytest.raises(UnknownEventError, match=f"position {stored.position}"):
         await es.read_stream(s)
     other = stream()
-    [alien] = await EventStore(engine).append(
+    [alien] = await EventStore(pool).append(
         other, [NewEvent(str(uuid.uuid4()), "test.alien", {})], expected_version=NO_STREAM
     )
     with pytest.raises(UnknownEventError, match=f"'test.alien' at position {alien.position}"):
@@ -198,11 +198,11 @@ def test_snapshot_plus_tail_equals_full_replay(
 
 
 async def test_the_feed_sees_every_committed_event_once_in_stream_order(
-    engine: AsyncEngine,
+    pool: asyncpg.Pool,
 ) -> None:
     """Writers commit in random order, some hold their transaction open, some roll back; a
     reader tails the feed from its checkpoint and restarts from it now and then."""
-    es = EventStore(engine)  # no upcasting: other tests leave deliberately unreadable events
+    es = EventStore(pool)  # no upcasting: other tests leave deliberately unreadable events
     rng = random.Random(1234)
     streams = [stream() for _ in range(12)]
     committed: set[str] = set()
@@ -222,9 +222,7 @@ async def test_the_feed_sees_every_committed_event_once_in_stream_order(
             ]
             hold = rng.choice([0, 0, 0, 0.005, 0.02, 0.2])  # some transactions stay open long
             rollback = rng.random() < 0.15
-            async with engine.connect() as conn:
-                raw = (await conn.get_raw_connection()).driver_connection
-                assert raw is not None
+            async with pool.acquire() as raw:
                 tx = raw.transaction()
                 await tx.start()
                 await raw.fetch(

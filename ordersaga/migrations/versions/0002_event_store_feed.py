@@ -46,8 +46,6 @@ BEGIN
         FROM unnest(p_ids, p_types, p_schemas, p_data, p_metadata)
              WITH ORDINALITY AS i(id, type, schema, data, metadata, ord)
         RETURNING *;
-    -- Delivered at commit (never for a rolled-back append): wakes global-feed subscribers.
-    PERFORM pg_notify('eventstore_appended', '');
 END
 $fn$
 """

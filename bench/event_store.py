@@ -1,0 +1,192 @@
+"""Benchmark: our event store's append against raw asyncpg and the `eventsourcing` library, and
+a tailing reader's lag while writers run at full speed.
+
+The workload is shared/anchors/pg_append_bare.py's: 16 writers, a new stream per transaction
+with 4 events. The three are alternated on one embedded Postgres (started here), medians quoted.
+The last lines are JSON objects, one per ratio. Usage: python bench/event_store.py [--streams N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ordersaga.db import create_pool
+from ordersaga.devstack import DevStack, isolated_settings
+from ordersaga.eventstore import NO_STREAM, EventStore, FeedPosition, NewEvent
+from ordersaga.settings import Settings
+
+WRITERS = 16
+PAYLOAD = {"order_id": "x", "items": [{"sku": "a", "qty": 1}], "total": 1000}
+
+RAW_DDL = """
+DROP TABLE IF EXISTS bench_events;
+CREATE TABLE bench_events(
+  position bigserial PRIMARY KEY,
+  stream_id uuid NOT NULL, version int NOT NULL,
+  event_id uuid NOT NULL UNIQUE, event_type text NOT NULL, data jsonb NOT NULL,
+  occurred_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE(stream_id, version));
+"""
+
+
+async def run_raw(dsn: str, n_streams: int) -> float:
+    """The anchor, verbatim in what it does: SELECT max(version), executemany, per transaction."""
+    pool = await asyncpg.create_pool(dsn, min_size=WRITERS, max_size=WRITERS)
+    await pool.execute(RAW_DDL)
+    payload = json.dumps(PAYLOAD)
+
+    async def writer(streams: list[uuid.UUID]) -> None:
+        for sid in streams:
+            async with pool.acquire() as c, c.transaction():
+                cur = await c.fetchval(
+                    "SELECT coalesce(max(version),0) FROM bench_events WHERE stream_id=$1", sid
+                )
+                await c.executemany(
+                    "INSERT INTO bench_events(stream_id,version,event_id,event_type,data) "
+                    "VALUES($1,$2,$3,$4,$5)",
+                    [(sid, cur + k + 1, uuid.uuid4(), "order.step", payload) for k in range(4)],
+                )
+
+    streams = [uuid.uuid4() for _ in range(n_streams)]
+    t = time.perf_counter()
+    await asyncio.gather(*[writer(streams[i::WRITERS]) for i in range(WRITERS)])
+    dt = time.perf_counter() - t
+    await pool.close()
+    return 4 * n_streams / dt
+
+
+async def run_ours(
+    settings: Settings, n_streams: int, measure_lag: bool
+) -> tuple[float, list[float]]:
+    pool = await create_pool(settings, size=WRITERS + 2)
+    store = EventStore(pool)
+    appended_at: dict[str, float] = {}
+    lags: list[float] = []
+    head = await store.read_all(FeedPosition(), limit=10_000_000)
+    start = head[-1].feed_position if head else FeedPosition()
+    total = 4 * n_streams
+
+    seen_at: dict[str, float] = {}
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+
+    async def tail() -> None:
+        async for event in store.subscribe(start, batch=1000, poll_interval=0.5):
+            if event.stream_id.startswith(prefix):
+                seen_at[event.event_id] = time.perf_counter()
+                if len(seen_at) >= total:
+                    return
+
+    async def writer(streams: list[str]) -> None:
+        for sid in streams:
+            batch = [NewEvent(str(uuid.uuid4()), "order.step", PAYLOAD) for _ in range(4)]
+            stored = await store.append(sid, batch, NO_STREAM)
+            now = time.perf_counter()
+            for e in stored:
+                appended_at[e.event_id] = now
+
+    reader = asyncio.create_task(tail()) if measure_lag else None
+    streams = [f"{prefix}{uuid.uuid4()}" for _ in range(n_streams)]
+    t = time.perf_counter()
+    await asyncio.gather(*[writer(streams[i::WRITERS]) for i in range(WRITERS)])
+    dt = time.perf_counter() - t
+    if reader is not None:
+        await asyncio.wait_for(reader, timeout=60)
+        # Lag: from the append call's return to the reader's sight of it (0 if it saw it first).
+        lags = [max(0.0, seen_at[i] - appended_at[i]) for i in appended_at]
+    await pool.close()
+    return total / dt, lags
+
+
+def run_eventsourcing(port: int, n_streams: int, database: str) -> float:
+    env = {
+        **os.environ,
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": database,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(port),
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": "postgres",  # trust auth: ignored, but the library wants one
+        "POSTGRES_POOL_SIZE": str(WRITERS),
+        "POSTGRES_MAX_OVERFLOW": "0",
+        "CREATE_TABLE": "y",
+    }
+    peer = Path(__file__).with_name("eventsourcing_peer.py")
+    out = subprocess.run(
+        [sys.executable, str(peer), str(n_streams)], env=env, check=True, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
+
+
+async def main(n_streams: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
+        stack = DevStack(isolated_settings(Path(data)), apps=False, servers=("postgres",))
+        settings = await stack.start()
+        port = settings.database.embedded_port
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/ordersaga"
+        admin = await asyncpg.connect(dsn)
+        await admin.execute("DROP DATABASE IF EXISTS es_bench")
+        await admin.execute("CREATE DATABASE es_bench")
+        await admin.close()
+        results: dict[str, list[float]] = {"raw": [], "ours": [], "eventsourcing": []}
+        all_lags: list[float] = []
+        try:
+            await run_ours(settings, 200, measure_lag=False)  # warm-up
+            for r in range(rounds):
+                results["raw"].append(await run_raw(dsn, n_streams))
+                rate, _ = await run_ours(settings, n_streams, measure_lag=False)
+                results["ours"].append(rate)
+                # Lag in a run of its own: the reader shares the 2 cores with the writers, and
+                # the throughput figures compare writers alone, as the anchors measure them.
+                _, lags = await run_ours(settings, n_streams, measure_lag=True)
+                all_lags += lags
+                es = await asyncio.to_thread(run_eventsourcing, port, n_streams, "es_bench")
+                results["eventsourcing"].append(es)
+                print(
+                    f"round {r + 1}: raw {results['raw'][-1]:.0f}, ours {rate:.0f}, "
+                    f"eventsourcing {es:.0f} events/s; reader lag p99 {p99(lags) * 1000:.1f} ms",
+                    flush=True,
+                )
+        finally:
+            await stack.stop()
+    raw, ours, peer = (statistics.median(results[k]) for k in ("raw", "ours", "eventsourcing"))
+    lag_ms = p99(all_lags) * 1000
+    print(
+        f"median events/s: raw {raw:.0f}, ours {ours:.0f}, eventsourcing {peer:.0f}; "
+        f"ours/raw {ours / raw:.2f} (goal 0.8), ours/eventsourcing {ours / peer:.2f} (goal 3); "
+        f"reader lag p99 {lag_ms:.1f} ms over {len(all_lags)} events (goal < 100)"
+    )
+    common: dict[str, Any] = {"unit": "events/s", "streams_per_round": n_streams, "rounds": rounds}
+    for name, bare, goal in (
+        ("event_store_vs_raw", raw, 0.8),
+        ("event_store_vs_eventsourcing", peer, 3.0),
+    ):
+        print(json.dumps({"bench": name, **common, "ours": round(ours), "bare": round(bare),
+                          "ratio": round(ours / bare, 3), "goal": goal}))  # fmt: skip
+    print(json.dumps({"bench": "event_store_reader_lag", "unit": "ms", "p99": round(lag_ms, 1),
+                      "events": len(all_lags), "goal": 100}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.streams, args.rounds))
