@@ -137,5 +137,36 @@ def retry_compensation(order_id: str) -> None:
     _saga_call(order_id, "retry_compensation")
 
 
+projections = typer.Typer(help="Read models: rebuild them from the event store.")
+app.add_typer(projections, name="projections")
+
+
+@projections.command("rebuild")
+def rebuild(
+    name: Annotated[str, typer.Argument(help="The read model: orders.")] = "orders",
+) -> None:
+    """Replay the event store into fresh tables and swap them in (the service may keep running)."""
+    from ordersaga.db import create_engine, create_pool
+    from ordersaga.events import order_upcasters
+    from ordersaga.eventstore import EventStore
+    from ordersaga.projections.rebuild import rebuild_orders
+
+    if name != "orders":
+        raise typer.Exit(_fail(f"unknown read model {name!r}; there is: orders"))
+    settings = _settings()
+
+    async def main() -> None:
+        engine = create_engine(settings, pool_size=2)
+        pool = await create_pool(settings, size=2)
+        try:
+            report = await rebuild_orders(engine, EventStore(pool, order_upcasters()))
+        finally:
+            await pool.close()
+            await engine.dispose()
+        typer.echo(f"rebuilt orders: {report.events} events replayed, {report.orders} orders")
+
+    asyncio.run(main())
+
+
 def main() -> None:
     app()

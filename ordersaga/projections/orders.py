@@ -113,34 +113,42 @@ _COLUMNS = (
 )
 _JSON_COLUMNS = ("items", "shipping_address", "timeline")
 
-_UPSERT = sa.text(
-    f"""
-    INSERT INTO readmodel.orders ({_COLUMNS})
-    VALUES (:order_id, :customer_id, :status, CAST(:items AS jsonb),
-            CAST(:shipping_address AS jsonb), :total, :currency, :version, :failure_reason,
-            CAST(:timeline AS jsonb), :placed_at, :updated_at)
-    ON CONFLICT (order_id) DO UPDATE SET
-        status = excluded.status, version = excluded.version,
-        failure_reason = excluded.failure_reason, timeline = excluded.timeline,
-        updated_at = excluded.updated_at
-    WHERE readmodel.orders.version < excluded.version
-    """
-)
+LIVE_TABLE = "readmodel.orders"
+
+
+def _upsert(table: str) -> sa.TextClause:
+    return sa.text(
+        f"""
+        INSERT INTO {table} ({_COLUMNS})
+        VALUES (:order_id, :customer_id, :status, CAST(:items AS jsonb),
+                CAST(:shipping_address AS jsonb), :total, :currency, :version, :failure_reason,
+                CAST(:timeline AS jsonb), :placed_at, :updated_at)
+        ON CONFLICT (order_id) DO UPDATE SET
+            status = excluded.status, version = excluded.version,
+            failure_reason = excluded.failure_reason, timeline = excluded.timeline,
+            updated_at = excluded.updated_at
+        WHERE {table}.version < excluded.version
+        """
+    )
 
 
 class OrderProjection:
-    """Applies events to `readmodel.orders` idempotently: the row's version is the checkpoint."""
+    """Applies events to the orders table idempotently: the row's version is the checkpoint."""
 
     name = "orders"
+    event_types = tuple(STATUS_ON)
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, table: str = LIVE_TABLE) -> None:
         self._store = store
+        self._table = table
+        self._select = sa.text(f"SELECT {_COLUMNS} FROM {table} WHERE order_id = :o FOR UPDATE")
+        self._upsert = _upsert(table)
 
     async def handle(self, conn: AsyncConnection, event: OrderEvent) -> bool:
         """Apply `event` (and any earlier ones it skipped ahead of); False if seen already."""
         found = (
             await conn.execute(
-                sa.text(f"SELECT {_COLUMNS} FROM readmodel.orders WHERE order_id = :o FOR UPDATE"),
+                self._select,
                 {"o": event.order_id},
             )
         ).one_or_none()
@@ -158,5 +166,5 @@ class OrderProjection:
             row = apply(row, item)
         assert row is not None
         params = {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in row.items()}
-        await conn.execute(_UPSERT, params)
+        await conn.execute(self._upsert, params)
         return True

@@ -1,0 +1,70 @@
+"""Rebuild a read model from the event store's global feed, and swap it in while the service runs.
+
+The replay fills a fresh table from the feed; then, in one transaction that locks the live table
+(the projector waits on it for that moment), it applies what was appended meanwhile and renames
+the fresh table into place. The projector carries on against the new table: each row's version
+is its checkpoint, so events it receives again are skipped and later ones apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ordersaga.eventstore import EventStore, FeedPosition
+from ordersaga.projections.orders import LIVE_TABLE, OrderEvent, OrderProjection
+
+log = logging.getLogger(__name__)
+
+REBUILD_TABLE = "readmodel.orders_rebuild"
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    events: int
+    orders: int
+
+
+async def _replay(
+    conn: AsyncConnection, store: EventStore, projection: OrderProjection, after: FeedPosition
+) -> tuple[FeedPosition, int]:
+    """Apply every event of the feed after `after`; returns the new position and the count."""
+    applied = 0
+    while True:
+        batch = await store.read_all(after, BATCH, event_types=projection.event_types)
+        if not batch:
+            return after, applied
+        for event in batch:
+            await projection.handle(conn, OrderEvent.from_stored(event))
+        applied += len(batch)
+        after = batch[-1].feed_position
+
+
+async def rebuild_orders(engine: AsyncEngine, store: EventStore) -> RebuildReport:
+    projection = OrderProjection(store, table=REBUILD_TABLE)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f"DROP TABLE IF EXISTS {REBUILD_TABLE}"))
+        await conn.execute(
+            sa.text(f"CREATE TABLE {REBUILD_TABLE} (LIKE {LIVE_TABLE} INCLUDING ALL)")
+        )
+    position, total = FeedPosition(), 0
+    while True:  # catch up in batches, each its own transaction
+        async with engine.begin() as conn:
+            position, applied = await _replay(conn, store, projection, position)
+        total += applied
+        if applied == 0:
+            break
+        log.info("rebuild: %d events replayed", total)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f"LOCK TABLE {LIVE_TABLE} IN ACCESS EXCLUSIVE MODE"))
+        position, applied = await _replay(conn, store, projection, position)
+        total += applied
+        await conn.execute(sa.text("ALTER TABLE readmodel.orders RENAME TO orders_replaced"))
+        await conn.execute(sa.text("ALTER TABLE readmodel.orders_rebuild RENAME TO orders"))
+        await conn.execute(sa.text("DROP TABLE readmodel.orders_replaced"))
+        orders = (await conn.execute(sa.text(f"SELECT count(*) FROM {LIVE_TABLE}"))).scalar_one()
+    return RebuildReport(events=total, orders=int(orders))
