@@ -131,6 +131,41 @@ def run_eventsourcing(port: int, n_streams: int, database: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+async def snapshot_loads(settings: Settings) -> dict[str, float]:
+    """Median ms to load a 10-event and a 10,000-event stream (snapshots every 100 events),
+    and to replay the 10,000 events without a snapshot."""
+    pool = await create_pool(settings, size=2)
+    store = EventStore(pool)
+
+    def fold(state: dict[str, Any], event: Any) -> dict[str, Any]:
+        return {"n": state["n"] + 1, "last": event.data["total"]}
+
+    async def timed(call: Any) -> float:
+        times = []
+        for _ in range(15):
+            t = time.perf_counter()
+            await call()
+            times.append((time.perf_counter() - t) * 1000)
+        return statistics.median(times)
+
+    result: dict[str, float] = {}
+    for length in (10, 10_000):
+        s = f"snap-{uuid.uuid4()}"
+        for start in range(0, length, 100):
+            size = min(100, length - start)
+            batch = [NewEvent(str(uuid.uuid4()), "order.step", PAYLOAD) for _ in range(size)]
+            await store.append(s, batch, start)
+        initial = {"n": 0, "last": 0}
+        await store.load(s, fold, initial, snapshot="count-v1", every=100)  # takes the snapshots
+        result[f"load_{length}_ms"] = await timed(
+            lambda s=s, i=initial: store.load(s, fold, i, snapshot="count-v1", every=100)
+        )
+        if length == 10_000:
+            result["replay_10000_ms"] = await timed(lambda s=s: store.read_stream(s))
+    await pool.close()
+    return result
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
 
@@ -164,6 +199,7 @@ async def main(n_streams: int, rounds: int) -> None:
                     f"eventsourcing {es:.0f} events/s; reader lag p99 {p99(lags) * 1000:.1f} ms",
                     flush=True,
                 )
+            loads = await snapshot_loads(settings)
         finally:
             await stack.stop()
     raw, ours, peer = (statistics.median(results[k]) for k in ("raw", "ours", "eventsourcing"))
@@ -180,6 +216,12 @@ async def main(n_streams: int, rounds: int) -> None:
     ):
         print(json.dumps({"bench": name, **common, "ours": round(ours), "bare": round(bare),
                           "ratio": round(ours / bare, 3), "goal": goal}))  # fmt: skip
+    print(
+        f"load with snapshots every 100: 10 events {loads['load_10_ms']:.2f} ms, 10,000 events "
+        f"{loads['load_10000_ms']:.2f} ms (reading all 10,000: {loads['replay_10000_ms']:.1f} ms)"
+    )
+    print(json.dumps({"bench": "event_store_snapshot_load", "unit": "ms",
+                      **{k: round(v, 2) for k, v in loads.items()}}))  # fmt: skip
     print(json.dumps({"bench": "event_store_reader_lag", "unit": "ms", "p99": round(lag_ms, 1),
                       "events": len(all_lags), "goal": 100}))  # fmt: skip
 

@@ -141,7 +141,16 @@ _COLUMNS = (
     "position, stream_id, version, event_id::text AS event_id, event_type, schema_version, "
     "data, metadata, occurred_at, tx_id::text::bigint AS tx_id"
 )
-_APPEND = f"SELECT {_COLUMNS} FROM eventstore.append($1, $2, $3, $4, $5, $6, $7)"
+# Rows this very statement inserted come back without their data (the caller has it); rows of an
+# earlier append (a retry) come back whole, so that the caller can compare them.
+_APPEND = (
+    "SELECT position, stream_id, version, event_id::text AS event_id, event_type, "
+    "schema_version, occurred_at, tx_id::text::bigint AS tx_id, "
+    "tx_id = pg_current_xact_id_if_assigned() AS fresh, "
+    "CASE WHEN tx_id = pg_current_xact_id_if_assigned() THEN NULL ELSE data END AS data, "
+    "CASE WHEN tx_id = pg_current_xact_id_if_assigned() THEN NULL ELSE metadata END AS metadata "
+    "FROM eventstore.append($1, $2, $3, $4, $5, $6, $7)"
+)
 _BY_IDS = f"SELECT {_COLUMNS} FROM eventstore.events WHERE event_id = ANY($1::uuid[])"
 _STREAM = (
     f"SELECT {_COLUMNS} FROM eventstore.events WHERE stream_id = $1 "
@@ -247,8 +256,25 @@ class EventStore:
                 stored = await self._by_ids([e.event_id for e in events])
                 return self._same_or_conflict(stream_id, events, stored)
             raise
-        self._wake_subscribers()
-        # Fresh rows, or (for a retry) the stored ones: either way they must match the batch.
+        if rows and all(r["fresh"] for r in rows) and len(rows) == len(events):
+            self._wake_subscribers()
+            by_id = {e.event_id: e for e in events}
+            return [
+                StoredEvent(
+                    position=r["position"],
+                    stream_id=stream_id,
+                    version=r["version"],
+                    event_id=r["event_id"],
+                    event_type=r["event_type"],
+                    schema_version=r["schema_version"],
+                    data=by_id[r["event_id"]].data,
+                    metadata=by_id[r["event_id"]].metadata,
+                    occurred_at=r["occurred_at"],
+                    tx_id=r["tx_id"],
+                )
+                for r in sorted(rows, key=lambda r: r["version"])
+            ]
+        # A retry: the stored events must be this very batch.
         return self._same_or_conflict(stream_id, events, {r["event_id"]: _event(r) for r in rows})
 
     @staticmethod

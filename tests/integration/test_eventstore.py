@@ -282,3 +282,26 @@ async def test_the_feed_sees_every_committed_event_once_in_stream_order(
     for versions in by_stream.values():
         assert versions == sorted(versions)
         assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_subscribers_wake_on_notify_not_on_their_poll(pool: asyncpg.Pool) -> None:
+    es = EventStore(pool, registry())
+    head = await EventStore(pool).read_all(FeedPosition(), limit=10_000_000)
+    start = head[-1].feed_position if head else FeedPosition()
+    s = stream()
+
+    async def first_of_ours() -> StoredEvent:
+        # Polls only every 60 s: anything sooner is the notification's doing.
+        async for event in es.subscribe(start, poll_interval=60, event_types=[HAPPENED]):
+            if event.stream_id == s:
+                return event
+        raise AssertionError("the feed ended")
+
+    waiting = asyncio.create_task(first_of_ours())
+    # Give the subscriber time to read the (empty) feed and block on its wait, so the event
+    # can only reach it through the notification.
+    settle = 0.5
+    await asyncio.sleep(settle)
+    [written] = await es.append(s, events(s, 1, 1), expected_version=NO_STREAM)
+    seen = await asyncio.wait_for(waiting, timeout=5)
+    assert seen.event_id == written.event_id
