@@ -44,6 +44,18 @@ async def _replay(
         after = batch[-1].feed_position
 
 
+async def _indexes(conn: AsyncConnection, table: str) -> dict[str, str]:
+    """Index definition (from USING on, so without its name and table) -> index name."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = 'readmodel' AND tablename = :t"
+        ),
+        {"t": table},
+    )
+    return {r.indexdef.split(" USING ", 1)[1]: r.indexname for r in rows}
+
+
 async def rebuild_orders(engine: AsyncEngine, store: EventStore) -> RebuildReport:
     projection = OrderProjection(store, table=REBUILD_TABLE)
     async with engine.begin() as conn:
@@ -63,8 +75,16 @@ async def rebuild_orders(engine: AsyncEngine, store: EventStore) -> RebuildRepor
         await conn.execute(sa.text(f"LOCK TABLE {LIVE_TABLE} IN ACCESS EXCLUSIVE MODE"))
         position, applied = await _replay(conn, store, projection, position)
         total += applied
+        names = await _indexes(conn, "orders")
         await conn.execute(sa.text("ALTER TABLE readmodel.orders RENAME TO orders_replaced"))
         await conn.execute(sa.text("ALTER TABLE readmodel.orders_rebuild RENAME TO orders"))
         await conn.execute(sa.text("DROP TABLE readmodel.orders_replaced"))
+        # LIKE ... INCLUDING ALL named the copies after the new table: give them (and the primary
+        # key constraint, which follows its index) the names the migrations know.
+        for definition, fresh_name in (await _indexes(conn, "orders")).items():
+            if definition in names and names[definition] != fresh_name:
+                await conn.execute(
+                    sa.text(f'ALTER INDEX readmodel."{fresh_name}" RENAME TO "{names[definition]}"')
+                )
         orders = (await conn.execute(sa.text(f"SELECT count(*) FROM {LIVE_TABLE}"))).scalar_one()
     return RebuildReport(events=total, orders=int(orders))

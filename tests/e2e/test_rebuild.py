@@ -22,6 +22,17 @@ from tests.helpers import order_body, place, stocked_sku, wait_terminal
 pytestmark = pytest.mark.e2e
 
 
+async def index_names(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT indexname FROM pg_indexes "
+                "WHERE schemaname = 'readmodel' AND tablename = 'orders'"
+            )
+        )
+        return {r[0] for r in rows}
+
+
 async def table_oid(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         oid = await conn.execute(sa.text("SELECT 'readmodel.orders'::regclass::oid::bigint"))
@@ -33,6 +44,8 @@ async def test_rebuild_while_running_equals_a_replay_of_the_store(
 ) -> None:
     sku = await stocked_sku(api, 20)
     before = await table_oid(engine)
+    indexes = await index_names(engine)
+    assert "orders_pkey" in indexes
     done = [await place(api, order_body(sku)) for _ in range(3)]
     for order_id in done:
         await wait_terminal(api, order_id)
@@ -51,6 +64,7 @@ async def test_rebuild_while_running_equals_a_replay_of_the_store(
         await wait_terminal(api, order_id)
 
     assert await table_oid(engine) != before, "the table was not replaced"
+    assert await index_names(engine) == indexes  # the names the migrations know
     async with engine.connect() as conn:
         rows = {
             r.order_id: dict(r._mapping)
