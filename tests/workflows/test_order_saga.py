@@ -123,6 +123,18 @@ class Participants:
         return [record_event, *(self.step(n) for n in names)]
 
 
+async def until(
+    env: WorkflowEnvironment, handle: Handle, done: Callable[[SagaState], bool], what: str
+) -> SagaState:
+    """Poll the workflow's status query until `done`, within a deadline of (skipped) time."""
+    for _ in range(60):
+        state = await handle.query(OrderSaga.status)
+        if done(state):
+            return state
+        await env.sleep(1)  # poll step: virtual time on the time-skipping server
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def new_order() -> Order:
     return Order(
         order_id=str(uuid.uuid4()),
@@ -220,11 +232,9 @@ async def test_failed_compensation_waits_for_an_operator_retry(env: WorkflowEnvi
     )
 
     async def operator(handle: Handle) -> None:
-        deadline = asyncio.get_running_loop().time() + 60
-        while (await handle.query(OrderSaga.status)).status != OrderStatus.REQUIRES_ATTENTION:
-            assert asyncio.get_running_loop().time() < deadline, "never REQUIRES_ATTENTION"
-            await env.sleep(1)
-        state = await handle.query(OrderSaga.status)
+        state = await until(
+            env, handle, lambda s: s.status == OrderStatus.REQUIRES_ATTENTION, "attention"
+        )
         assert state.attention_error is not None and "refund_payment" in state.attention_error
         assert "release_inventory" not in p.calls  # nothing skipped ahead of the failed one
         await handle.execute_update(OrderSaga.retry_compensation)
@@ -279,7 +289,8 @@ async def test_workflow_cancellation_during_a_step_still_compensates(
     async def operator(handle: Handle) -> None:
         await p.started.setdefault("schedule_shipment", asyncio.Event()).wait()
         await handle.cancel()
-        await env.sleep(1)
+        # Release the step only once the workflow has taken the cancellation in.
+        await until(env, handle, lambda s: s.cancel_requested, "the cancellation to arrive")
         p.hold["schedule_shipment"].set()
 
     state = await run_saga(env.client, p, operator)
