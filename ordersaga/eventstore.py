@@ -12,8 +12,9 @@ Contract
 - Appending events whose ids are all stored already, with the same stream, versions, types and
   data, is a no-op that returns the stored records (activities are retried). The same id with
   other content raises `EventIdConflict`.
-- Reads pass every event through the `Upcasters`: an old `schema_version` comes out in the current
-  shape; an unknown type or version raises `UnknownEventError` with its global position.
+- A store given `Upcasters` passes every event it reads through them: an old `schema_version`
+  comes out in the current shape; an unknown type or version raises `UnknownEventError` with its
+  global position. (Without them, events come out as stored.)
 - The global feed (`read_all`, `subscribe`) yields each committed event exactly once, in
   `(transaction id, position)` order, and only events of transactions older than the oldest one
   still open: insert order is not commit order, so a position handed out early can commit late.

@@ -98,12 +98,12 @@ class OrderSaga:
                 step_call = self._start(FORWARD[step], order, self._policy.step_max_attempts)
                 result = await self._shielded(step_call)
             except ActivityError as error:
-                business = self._business_failure(error)
-                if business is not None:
+                refusal = business_refusal(error)
+                if refusal is not None:
                     # The participant refused: nothing of this step is held, and its failure
-                    # fact is recorded already.
+                    # fact is recorded already, at the version the error carries.
                     attempted.pop()
-                    self._reason = business
+                    self._reason, self._version = refusal
                 else:
                     self._reason = CancelReason.STEP_FAILED
                 break
@@ -204,14 +204,6 @@ class OrderSaga:
             ),
         )
 
-    def _business_failure(self, error: ActivityError) -> CancelReason | None:
-        cause = error.cause
-        if not isinstance(cause, ApplicationError) or cause.type not in BUSINESS_ERRORS:
-            return None
-        detail: dict[str, Any] = cause.details[0] if cause.details else {}
-        self._version = int(detail["version"])
-        return BUSINESS_ERRORS[cause.type].reason
-
     async def _compensate(self, name: str, order: Order) -> None:
         while True:
             try:
@@ -255,3 +247,12 @@ class OrderSaga:
             return  # each upsert is a visibility write on the server: only on a change
         self._status = status
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
+
+
+def business_refusal(error: ActivityError) -> tuple[CancelReason, int] | None:
+    """(reason, stream version after the recorded failure fact) if a participant refused."""
+    cause = error.cause
+    if not isinstance(cause, ApplicationError) or cause.type not in BUSINESS_ERRORS:
+        return None
+    detail: dict[str, Any] = cause.details[0] if cause.details else {}
+    return BUSINESS_ERRORS[cause.type].reason, int(detail["version"])
