@@ -1,17 +1,40 @@
-"""JetStream: the stream definition, applied idempotently, and a publisher with bounded waits."""
+"""JetStream as code: the streams and consumers in one place, applied idempotently; the publisher.
+
+Two streams:
+- `ORDERS` (`orders.<order_id>.<event>`): what activities publish and what any subscriber reads
+  (`orders.*.placed`, `orders.<id>.>`); the wire contract.
+- `ORDERS_PARTITIONED`: sources `ORDERS` through a subject-mapping transform that puts a
+  deterministic partition of the order id in front (`orders-p.<partition>.<order_id>.<event>`).
+  Each projection has one durable consumer per partition, so N projector processes can share the
+  work while every order's events stay on one partition, in stream order.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
 from nats.js.errors import NotFoundError
 
 from ordersaga import events
 from ordersaga.eventstore import StoredEvent
+from ordersaga.projections import PROJECTIONS
 from ordersaga.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,55 +50,221 @@ async def connect(settings: Settings, name: str) -> NATS:
     )
 
 
+# -- the topology -------------------------------------------------------------------------------
+
+
+def _limits(settings: Settings) -> dict[str, Any]:
+    ns = settings.nats
+    return {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE if ns.storage == "file" else StorageType.MEMORY,
+        "num_replicas": ns.replicas,
+        "max_age": ns.max_age.total_seconds(),
+    }
+
+
 def stream_config(settings: Settings) -> StreamConfig:
     ns = settings.nats
     return StreamConfig(
         name=ns.stream,
+        description="Order events as CloudEvents; Nats-Msg-Id = event id.",
         subjects=[f"{ns.subject_prefix}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=ns.replicas,
         duplicate_window=ns.duplicate_window.total_seconds(),
+        **_limits(settings),
     )
 
 
-async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
-    """Create the stream, or bring its settings in line; safe to run from every process."""
-    wanted = stream_config(settings)
+def partitioned_stream_config(settings: Settings) -> StreamConfig:
+    ns = settings.nats
+    transform = SubjectTransform(
+        src=f"{ns.subject_prefix}.*.*",
+        dest=f"{ns.partitioned_prefix}.{{{{partition({ns.partitions},1)}}}}"
+        ".{{wildcard(1)}}.{{wildcard(2)}}",
+    )
+    return StreamConfig(
+        name=ns.partitioned_stream,
+        description=f"{ns.stream} keyed by a partition of the order id, for projectors.",
+        sources=[StreamSource(name=ns.stream, subject_transforms=[transform])],
+        **_limits(settings),
+    )
+
+
+def partition_subject(settings: Settings, partition: int) -> str:
+    return f"{settings.nats.partitioned_prefix}.{partition}.>"
+
+
+def projection_durable(projection: str, partition: int) -> str:
+    return f"projection-{projection.replace('_', '-')}-{partition}"
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    config: ConsumerConfig
+
+
+def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
+    ns, ps = settings.nats, settings.projector
+    specs = []
+    for projection in PROJECTIONS:
+        for partition in range(ns.partitions):
+            specs.append(
+                ConsumerSpec(
+                    ns.partitioned_stream,
+                    ConsumerConfig(
+                        durable_name=projection_durable(projection, partition),
+                        description=f"projection {projection}, partition {partition}",
+                        filter_subject=partition_subject(settings, partition),
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_wait=ps.ack_wait_s,
+                        # The projector dead-letters after max_attempts; this is the backstop.
+                        max_deliver=ps.max_attempts + 2,
+                        max_ack_pending=ps.batch * 4,
+                    ),
+                )
+            )
+    specs.append(
+        ConsumerSpec(
+            ns.stream,
+            ConsumerConfig(
+                durable_name=settings.notifier.durable,
+                description="customer notifications on terminal order events",
+                filter_subjects=[
+                    f"{ns.subject_prefix}.*.confirmed",
+                    f"{ns.subject_prefix}.*.cancelled",
+                ],
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ps.ack_wait_s,
+                max_deliver=-1,  # it waits out an unavailable API; nothing it reads is poison
+            ),
+        )
+    )
+    return specs
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> str:
+    assert wanted.name is not None
     try:
-        info = await js.stream_info(wanted.name)  # type: ignore[arg-type]
+        info = await js.stream_info(wanted.name)
     except NotFoundError:
         await js.add_stream(config=wanted)
-        log.info("created JetStream stream %s", wanted.name)
-        return
-    have = info.config
-    if (have.subjects, have.duplicate_window, have.num_replicas) != (
-        wanted.subjects,
-        wanted.duplicate_window,
-        wanted.num_replicas,
-    ):
+        return "created"
+    have = info.config.as_dict()
+    if any(have.get(k) != v for k, v in wanted.as_dict().items() if k != "description"):
         await js.update_stream(config=wanted)
-        log.info("updated JetStream stream %s", wanted.name)
+        return "updated"
+    return "unchanged"
+
+
+async def setup(js: JetStreamContext, settings: Settings) -> list[str]:
+    """Create or update every stream and durable consumer; safe to run from every process."""
+    report = []
+    for config in (stream_config(settings), partitioned_stream_config(settings)):
+        outcome = await _ensure_stream(js, config)
+        report.append(f"stream {config.name}: {outcome}")
+    for spec in consumer_specs(settings):
+        # Without an action, the server creates the durable or updates its editable fields.
+        await js.add_consumer(spec.stream, config=spec.config)
+        report.append(f"consumer {spec.stream}/{spec.config.durable_name}: applied")
+    for line in report:
+        log.debug("bus setup: %s", line)
+    return report
+
+
+async def describe(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
+    """What the server has: each stream's configuration and state, and its consumers."""
+    out: dict[str, Any] = {}
+    for name in (settings.nats.stream, settings.nats.partitioned_stream):
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            out[name] = None
+            continue
+        cfg = info.config
+        consumers = await js.consumers_info(name)
+        out[name] = {
+            "subjects": cfg.subjects,
+            "sources": [
+                {
+                    "name": s.name,
+                    "transforms": [f"{t.src} -> {t.dest}" for t in s.subject_transforms or []],
+                }
+                for s in cfg.sources or []
+            ],
+            "retention": cfg.retention.value if cfg.retention else None,
+            "storage": cfg.storage.value if cfg.storage else None,
+            "replicas": cfg.num_replicas,
+            "max_age_s": cfg.max_age,
+            "duplicate_window_s": cfg.duplicate_window,
+            "messages": info.state.messages,
+            "last_seq": info.state.last_seq,
+            "consumers": {
+                c.name: {
+                    "filter": c.config.filter_subject or c.config.filter_subjects,
+                    "ack_wait_s": c.config.ack_wait,
+                    "max_deliver": c.config.max_deliver,
+                    "pending": c.num_pending,
+                    "ack_pending": c.num_ack_pending,
+                    "redelivered": c.num_redelivered,
+                }
+                for c in sorted(consumers, key=lambda c: c.name)
+            },
+        }
+    return out
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PublishStats:
+    published: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class EventPublisher:
-    """Publishes stored events as CloudEvents; `Nats-Msg-Id` = event id makes republishing safe."""
+    """Publishes stored events as CloudEvents; `Nats-Msg-Id` = event id makes republishing safe.
+
+    Every wait is bounded: a slot among `max_in_flight`, then the ack within `publish_timeout`.
+    A JetStream that is down or does not answer makes `publish` raise (the activity then fails
+    and Temporal retries it); it never hangs.
+    """
 
     def __init__(self, js: JetStreamContext, settings: Settings) -> None:
         self._js = js
         self._prefix = settings.nats.subject_prefix
         self._timeout = settings.nats.publish_timeout
-        self.duplicates = 0
+        self._slots = asyncio.Semaphore(settings.nats.max_in_flight)
+        self.stats = PublishStats()
+
+    @property
+    def duplicates(self) -> int:
+        return self.stats.duplicates
 
     async def publish(self, event: StoredEvent) -> PubAck:
-        # `publish` (not `publish_async`): a server error reply must fail this call, not leave a
-        # future pending forever (nats.py #985). The timeout bounds the wait when NATS is down.
-        ack = await self._js.publish(
-            events.subject_for(self._prefix, event.stream_id, event.event_type),
-            events.encode(event),
-            timeout=self._timeout,
-            headers={"Nats-Msg-Id": event.event_id},
-        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._slots:
+                    # `publish` (not `publish_async`): a server error reply must fail this call,
+                    # not leave a future pending forever (nats.py #985).
+                    ack = await self._js.publish(
+                        events.subject_for(self._prefix, event.stream_id, event.event_type),
+                        events.encode(event),
+                        timeout=self._timeout,
+                        headers={"Nats-Msg-Id": event.event_id},
+                    )
+        except Exception as error:
+            self.stats.failures += 1
+            reason = type(error).__name__
+            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
+            raise
+        self.stats.published += 1
         if ack.duplicate:
-            self.duplicates += 1
+            # A retried activity republished an event the stream has: JetStream dropped it.
+            self.stats.duplicates += 1
+            log.info("duplicate publish of %s dropped by JetStream", event.event_id)
         return ack

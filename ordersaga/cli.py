@@ -70,10 +70,19 @@ def worker() -> None:
 
 @app.command()
 def projector() -> None:
-    """Run the projector that builds the order read model from JetStream."""
+    """Run a projector process: it claims a share of the partitions and applies every read
+    model on them (run several for scale-out; they rebalance as they come and go)."""
     from ordersaga.projections import runner
 
     asyncio.run(runner.run(_settings()))
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notification service (customer messages on confirmed and cancelled orders)."""
+    from ordersaga import notifier as notifier_process
+
+    asyncio.run(notifier_process.run(_settings()))
 
 
 @app.command()
@@ -137,8 +146,29 @@ def retry_compensation(order_id: str) -> None:
     _saga_call(order_id, "retry_compensation")
 
 
-projections = typer.Typer(help="Read models: rebuild them from the event store.")
+projections = typer.Typer(help="Read models: their lag, and rebuilding them from the event store.")
 app.add_typer(projections, name="projections")
+
+
+@projections.command("status")
+def projections_status() -> None:
+    """Lag (events not applied yet) per projection and partition, and open dead letters."""
+    from ordersaga import bus
+    from ordersaga.db import create_engine
+    from ordersaga.projections.status import projection_status
+
+    settings = _settings()
+
+    async def main() -> list[dict[str, object]]:
+        engine = create_engine(settings, pool_size=1)
+        nc = await bus.connect(settings, "cli")
+        try:
+            return await projection_status(nc.jetstream(), engine, settings)
+        finally:
+            await nc.close()
+            await engine.dispose()
+
+    typer.echo(json.dumps(asyncio.run(main()), indent=2))
 
 
 @projections.command("rebuild")
@@ -166,6 +196,140 @@ def rebuild(
         typer.echo(f"rebuilt orders: {report.events} events replayed, {report.orders} orders")
 
     asyncio.run(main())
+
+
+bus_app = typer.Typer(help="The JetStream streams and consumers, as code.")
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.command("setup")
+def bus_setup() -> None:
+    """Create or update the streams and durable consumers (every process also does this)."""
+    from ordersaga import bus
+
+    settings = _settings()
+
+    async def main() -> list[str]:
+        nc = await bus.connect(settings, "cli")
+        try:
+            return await bus.setup(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+
+    for line in asyncio.run(main()):
+        typer.echo(line)
+
+
+@bus_app.command("describe")
+def bus_describe() -> None:
+    """What the server has: subjects, sources, retention, replicas, limits, consumers."""
+    from ordersaga import bus
+
+    settings = _settings()
+
+    async def main() -> dict[str, object]:
+        nc = await bus.connect(settings, "cli")
+        try:
+            return await bus.describe(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+
+    typer.echo(json.dumps(asyncio.run(main()), indent=2))
+
+
+deadletters = typer.Typer(help="Events a projection could not apply, and what waits behind them.")
+app.add_typer(deadletters, name="deadletters")
+
+
+@deadletters.command("list")
+def deadletters_list(
+    projection: Annotated[str | None, typer.Option(help="Only this projection.")] = None,
+    resolved: Annotated[bool, typer.Option("--all", help="Include resolved ones.")] = False,
+) -> None:
+    """Open dead letters: failed events, and later events of the same order waiting."""
+    from ordersaga.db import create_engine
+    from ordersaga.projections.deadletters import list_dead_letters
+
+    settings = _settings()
+
+    async def main() -> list[dict[str, object]]:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            found = await list_dead_letters(engine, projection, resolved=resolved)
+        finally:
+            await engine.dispose()
+        return [d.as_dict() for d in found]
+
+    typer.echo(json.dumps(asyncio.run(main()), indent=2))
+
+
+def _dead_letter_action(dead_letter_id: int, action: str) -> None:
+    from ordersaga.db import create_engine, create_pool
+    from ordersaga.events import order_upcasters
+    from ordersaga.eventstore import EventStore
+    from ordersaga.projections import deadletters as ops
+    from ordersaga.projections.runner import appliers
+
+    settings = _settings()
+
+    async def main() -> str:
+        engine = create_engine(settings, pool_size=2)
+        pool = await create_pool(settings, size=2)
+        try:
+            by_name = appliers(EventStore(pool, order_upcasters()))
+            if action == "retry":
+                n = await ops.retry(engine, by_name, dead_letter_id)
+                return f"retried: {n} event(s) of the order applied"
+            return await ops.discard(engine, by_name, dead_letter_id)
+        finally:
+            await pool.close()
+            await engine.dispose()
+
+    from ordersaga.projections.deadletters import DeadLetterError
+
+    try:
+        typer.echo(asyncio.run(main()))
+    except DeadLetterError as error:
+        raise typer.Exit(_fail(str(error))) from error
+
+
+@deadletters.command("retry")
+def deadletters_retry(dead_letter_id: int) -> None:
+    """Apply the dead letter's order again (after a fix), with the events parked behind it."""
+    _dead_letter_action(dead_letter_id, "retry")
+
+
+@deadletters.command("discard")
+def deadletters_discard(dead_letter_id: int) -> None:
+    """Skip this event for its projection; the order's parked events then apply."""
+    _dead_letter_action(dead_letter_id, "discard")
+
+
+events_app = typer.Typer(help="The order events on the bus.")
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("tail")
+def events_tail(
+    order: Annotated[str | None, typer.Option(help="Only this order id.")] = None,
+    type_: Annotated[
+        str | None, typer.Option("--type", help="Only this type: order.confirmed or confirmed.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Start this far back: 90s, 15m, 1h, 2d. Default: new only.")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print whole CloudEvents.")] = False,
+) -> None:
+    """Print events as they arrive, decoded (like `nats sub 'orders.>'`, but readable)."""
+    from ordersaga import tail
+
+    settings = _settings()
+    try:
+        query = tail.TailQuery.parse(settings, order, type_, since)
+    except ValueError as error:
+        raise typer.Exit(_fail(str(error))) from error
+    asyncio.run(tail.tail(settings, query, count, as_json, typer.echo))
 
 
 def main() -> None:

@@ -46,3 +46,17 @@ async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg
         server_settings=_server_settings(settings),
     )
     return pool
+
+
+async def connect(settings: Settings, application_name: str) -> asyncpg.Connection:
+    """One dedicated session (LISTEN, advisory locks): not from a pool, it lives on its own."""
+    url = make_url(settings.database_url())
+    conn: asyncpg.Connection = await asyncpg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        server_settings={**_server_settings(settings), "application_name": application_name},
+    )
+    return conn

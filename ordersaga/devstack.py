@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import importlib.util
+import json
 import logging
 import os
 import pwd
@@ -33,6 +34,7 @@ from ordersaga.settings import (
     ApiSettings,
     DatabaseSettings,
     NatsSettings,
+    ProjectorSettings,
     SagaSettings,
     Settings,
     TemporalSettings,
@@ -53,7 +55,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def isolated_settings(data_dir: Path, saga: SagaSettings | None = None) -> Settings:
+def isolated_settings(
+    data_dir: Path, saga: SagaSettings | None = None, projector: ProjectorSettings | None = None
+) -> Settings:
     """A stack of its own (tests, benchmarks): every port free right now, data in `data_dir`."""
     return Settings(
         data_dir=data_dir,
@@ -62,6 +66,7 @@ def isolated_settings(data_dir: Path, saga: SagaSettings | None = None) -> Setti
         temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
         api=ApiSettings(port=free_port()),
         saga=saga or SagaSettings(),
+        projector=projector or ProjectorSettings(),
     )
 
 
@@ -377,7 +382,11 @@ class DevStack:
         async def started() -> bool:
             return True
 
-        apps = [self._app("worker", started), self._app("projector", started)]
+        apps = [
+            self._app("worker", started),
+            self._app("projector", started),
+            self._app("notifier", started),
+        ]
         apps.append(self._app("api", api_ready))
         for part in apps:
             part.spawn()
@@ -430,22 +439,18 @@ class DevStack:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """Environment that points a child process at the resolved stack."""
-    return {
-        "ORDERSAGA_DATA_DIR": str(settings.data_dir),
-        "ORDERSAGA_DATABASE__URL": settings.database_url(),
-        "ORDERSAGA_NATS__URL": settings.nats_url(),
-        "ORDERSAGA_NATS__STREAM": settings.nats.stream,
-        "ORDERSAGA_NATS__SUBJECT_PREFIX": settings.nats.subject_prefix,
-        "ORDERSAGA_TEMPORAL__ADDRESS": settings.temporal_address(),
-        "ORDERSAGA_TEMPORAL__NAMESPACE": settings.temporal.namespace,
-        "ORDERSAGA_TEMPORAL__TASK_QUEUE": settings.temporal.task_queue,
-        "ORDERSAGA_API__HOST": settings.api.host,
-        "ORDERSAGA_API__PORT": str(settings.api.port),
-        "ORDERSAGA_SAGA__STEP_MAX_ATTEMPTS": str(settings.saga.step_max_attempts),
-        "ORDERSAGA_SAGA__COMPENSATION_MAX_ATTEMPTS": str(settings.saga.compensation_max_attempts),
-        "ORDERSAGA_SAGA__INITIAL_INTERVAL_S": str(settings.saga.initial_interval_s),
-        "ORDERSAGA_SAGA__MAX_INTERVAL_S": str(settings.saga.max_interval_s),
-        "ORDERSAGA_SAGA__ACTIVITY_TIMEOUT_S": str(settings.saga.activity_timeout_s),
-        "ORDERSAGA_LOG_LEVEL": settings.log_level,
-    }
+    """Environment that hands a child process these exact (resolved) settings."""
+    env: dict[str, str] = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for sub, item in value.items():
+                if item is not None:
+                    env[f"ORDERSAGA_{key.upper()}__{sub.upper()}"] = _env_value(item)
+        elif value is not None:
+            env[f"ORDERSAGA_{key.upper()}"] = _env_value(value)
+    return env
+
+
+def _env_value(value: object) -> str:
+    # pydantic-settings reads lists (and other complex values) from the environment as JSON.
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,9 +33,40 @@ class NatsSettings(BaseModel):
     subject_prefix: str = "orders"
     # Longer than any activity's retry span, so a republished event is always deduplicated.
     duplicate_window: timedelta = timedelta(hours=24)
-    replicas: int = 1
+    # The event store is the source of truth: the bus keeps a month for catch-up and replays;
+    # older history is rebuilt from the store. Zero keeps everything.
+    max_age: timedelta = timedelta(days=30)
+    storage: Literal["file", "memory"] = "file"
+    # R1 on the embedded single server; R3 on a cluster.
+    replicas: int = Field(default=1, ge=1, le=5)
     publish_timeout: float = 5.0
-    projector_durable: str = "projector-orders"
+    # Publishes waiting for their ack at once, per process (the rest queue for a slot).
+    max_in_flight: int = Field(default=256, ge=1)
+    # The stream projectors read: ORDERS re-keyed by a subject-mapping partition of the order id.
+    # Changing the count re-partitions only new messages: rebuild the read models after.
+    partitioned_stream: str = "ORDERS_PARTITIONED"
+    partitioned_prefix: str = "orders-p"
+    partitions: int = Field(default=4, ge=1, le=256)
+
+
+class ProjectorSettings(BaseModel):
+    batch: int = Field(default=256, ge=1, le=10_000)
+    # Deliveries of one event before it is dead-lettered; JetStream's own max_deliver is set a
+    # little above, as a backstop.
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_s: list[float] = [0.5, 2.0, 5.0, 15.0, 30.0]
+    # A delivery not acked within this is sent again (a dead process's in-flight batch).
+    ack_wait_s: float = Field(default=15.0, gt=0)
+    # How often a projector process looks at who else runs and rebalances partitions.
+    claim_interval_s: float = Field(default=1.0, gt=0)
+
+
+class NotifierSettings(BaseModel):
+    durable: str = "notifier"
+    # Where the notifier asks for the order (event notification). Unset: this API's address.
+    api_url: str | None = None
+    # How long it lets the API wait for the read model to apply the event's version.
+    read_timeout_s: float = 5.0
 
 
 class TemporalSettings(BaseModel):
@@ -52,6 +84,8 @@ class ApiSettings(BaseModel):
     port: int = 18000
     # How long a command route waits for the workflow to answer an update.
     update_timeout: float = 10.0
+    # The longest `GET /orders/{id}?min_version=N` waits for the read model to catch up.
+    min_version_timeout: float = 5.0
 
 
 class SagaSettings(BaseModel):
@@ -76,6 +110,8 @@ class Settings(BaseSettings):
     temporal: TemporalSettings = TemporalSettings()
     api: ApiSettings = ApiSettings()
     saga: SagaSettings = SagaSettings()
+    projector: ProjectorSettings = ProjectorSettings()
+    notifier: NotifierSettings = NotifierSettings()
 
     def database_url(self) -> str:
         if self.database.url is None:
@@ -86,6 +122,9 @@ class Settings(BaseSettings):
 
     def nats_url(self) -> str:
         return self.nats.url or f"nats://127.0.0.1:{self.nats.embedded_port}"
+
+    def api_url(self) -> str:
+        return self.notifier.api_url or f"http://{self.api.host}:{self.api.port}"
 
     def temporal_address(self) -> str:
         return self.temporal.address or f"127.0.0.1:{self.temporal.embedded_port}"

@@ -30,7 +30,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     nc = await bus.connect(settings, "worker")
     try:
         js = nc.jetstream()
-        await bus.ensure_stream(js, settings)
+        await bus.setup(js, settings)
         client = await runtime.connect_temporal(settings)
         await runtime.ensure_search_attributes(client, settings)
         activities = OrderActivities(

@@ -87,3 +87,19 @@ async def event_types(api: httpx.AsyncClient, order_id: str) -> list[str]:
     response = await api.get(f"/orders/{order_id}/events")
     assert response.status_code == 200, response.text
     return [e["type"] for e in response.json()]
+
+
+async def read_side_caught_up(
+    api: httpx.AsyncClient, js: Any, settings: Any, timeout: float = 30.0
+) -> None:
+    """Every projection has applied everything on the bus (JetStream's own count, not a sleep)."""
+
+    async def probe() -> bool | None:
+        source = await js.stream_info(settings.nats.stream)
+        partitioned = await js.stream_info(settings.nats.partitioned_stream)
+        if partitioned.state.messages < source.state.messages:
+            return None  # the partitioned stream has not sourced everything yet
+        status = (await api.get("/projections")).json()
+        return True if all(p["lag"] == 0 for p in status) else None
+
+    await eventually(probe, timeout, "the read side to catch up")

@@ -11,7 +11,8 @@ from ordersaga import bus, runtime
 from ordersaga.activities.participants import PostgresInventory
 from ordersaga.api import errors
 from ordersaga.api.deps import AppContext
-from ordersaga.api.routes import health, inventory, orders
+from ordersaga.api.progress import AppliedWatch
+from ordersaga.api.routes import customers, health, inventory, orders, projections, reports
 from ordersaga.db import create_engine, create_pool
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
@@ -25,7 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(s)
         pool = await create_pool(s)
         nc = await bus.connect(s, "api")
+        watch = AppliedWatch(s)
         try:
+            await watch.start()
             temporal = await runtime.connect_temporal(s)
             app.state.ctx = AppContext(
                 s,
@@ -34,9 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 nc,
                 EventStore(pool, order_upcasters()),
                 PostgresInventory(engine),
+                watch,
             )
             yield
         finally:
+            await watch.stop()
             await nc.close()
             await pool.close()
             await engine.dispose()
@@ -50,5 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(orders.router)
     app.include_router(inventory.router)
+    app.include_router(customers.router)
+    app.include_router(reports.router)
+    app.include_router(projections.router)
     app.include_router(health.router)
     return app

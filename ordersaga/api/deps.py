@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from ordersaga.activities.participants import PostgresInventory
+from ordersaga.api.progress import AppliedWatch
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
 
@@ -23,6 +24,7 @@ class AppContext:
     nats: NATS
     store: EventStore
     inventory: PostgresInventory
+    watch: AppliedWatch
 
 
 def get_ctx(request: Request) -> AppContext:

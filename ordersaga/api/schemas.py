@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,3 +99,45 @@ class SagaStateOut(BaseModel):
     completed_steps: list[str]
     cancel_requested: bool
     attention_error: str | None
+
+
+class CustomerOrderOut(BaseModel):
+    order_id: str
+    status: OrderStatus
+    total: int
+    currency: str
+    item_count: int
+    version: int
+    placed_at: datetime
+    updated_at: datetime
+
+
+class CustomerOrderPage(BaseModel):
+    customer_id: str
+    items: list[CustomerOrderOut]
+    next_cursor: str | None
+
+
+class SalesRow(BaseModel):
+    day: date
+    sku: str
+    currency: str
+    orders: int
+    units: int
+    revenue: int = Field(description="Minor units (cents).")
+
+
+class SalesTotal(BaseModel):
+    sku: str
+    currency: str
+    orders: int = 0
+    units: int = 0
+    revenue: int = 0
+
+
+class SalesReport(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: date = Field(alias="from")
+    to: date
+    rows: list[SalesRow]
+    totals: list[SalesTotal]

@@ -3,7 +3,8 @@
 The replay fills a fresh table from the feed; then, in one transaction that locks the live table
 (the projector waits on it for that moment), it applies what was appended meanwhile and renames
 the fresh table into place. The projector carries on against the new table: each row's version
-is its checkpoint, so events it receives again are skipped and later ones apply.
+guards it, so events it receives again are skipped and later ones apply. Events an operator
+discarded for this projection (dead letters) stay skipped.
 """
 
 from __future__ import annotations
@@ -34,12 +35,23 @@ async def _replay(
 ) -> tuple[FeedPosition, int]:
     """Apply every event of the feed after `after`; returns the new position and the count."""
     applied = 0
+    discarded = {
+        r.event_id
+        for r in await conn.execute(
+            sa.text(
+                "SELECT event_id FROM projections.dead_letters "
+                "WHERE projection = :p AND state = 'discarded'"
+            ),
+            {"p": projection.name},
+        )
+    }
     while True:
-        batch = await store.read_all(after, BATCH, event_types=projection.event_types)
+        batch = await store.read_all(after, BATCH, event_types=sorted(projection.event_types))
         if not batch:
             return after, applied
-        for event in batch:
-            await projection.handle(conn, OrderEvent.from_stored(event))
+        await projection.apply(
+            conn, [OrderEvent.from_stored(e) for e in batch if e.event_id not in discarded]
+        )
         applied += len(batch)
         after = batch[-1].feed_position
 
@@ -57,7 +69,7 @@ async def _indexes(conn: AsyncConnection, table: str) -> dict[str, str]:
 
 
 async def rebuild_orders(engine: AsyncEngine, store: EventStore) -> RebuildReport:
-    projection = OrderProjection(store, table=REBUILD_TABLE)
+    projection = OrderProjection(table=REBUILD_TABLE)
     async with engine.begin() as conn:
         await conn.execute(sa.text(f"DROP TABLE IF EXISTS {REBUILD_TABLE}"))
         await conn.execute(

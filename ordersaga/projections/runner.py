@@ -1,76 +1,129 @@
-"""Projector process: a durable JetStream pull consumer feeding the order projection."""
+"""The projector process: claims partitions and runs every projection on each one it holds."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from ordersaga import bus, events, runtime
+from ordersaga import bus, runtime
 from ordersaga.db import create_engine, create_pool
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
-from ordersaga.projections.orders import OrderEvent, OrderProjection
+from ordersaga.projections import PROJECTIONS
+from ordersaga.projections.base import Projection
+from ordersaga.projections.claims import Claims
+from ordersaga.projections.customers import CustomerOrdersProjection
+from ordersaga.projections.orders import OrderProjection
+from ordersaga.projections.runtime import Applier, Observer, PartitionConsumer
+from ordersaga.projections.sales import SalesProjection
 from ordersaga.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH = 256
-MAX_DELIVER = 20
+
+def projections(names: Sequence[str] = PROJECTIONS) -> list[Projection]:
+    known: dict[str, Projection] = {
+        "orders": OrderProjection(),
+        "customer_orders": CustomerOrdersProjection(),
+        "sales": SalesProjection(),
+    }
+    unknown = set(names) - set(known)
+    if unknown:
+        raise ValueError(f"unknown projections {sorted(unknown)}; there are {sorted(known)}")
+    return [known[n] for n in names]
 
 
-async def process(engine: AsyncEngine, projection: OrderProjection, msg: Msg) -> None:
-    """Apply one message in its own transaction, then ack; a failure naks it for a later retry."""
-    try:
-        event = OrderEvent.from_cloudevent(events.decode(msg.data))
-        async with engine.begin() as conn:
-            await projection.handle(conn, event)
-    except Exception:
-        log.exception(
-            "projection failed on %s (delivery %s)", msg.subject, msg.metadata.num_delivered
-        )
-        await msg.nak(delay=min(2**msg.metadata.num_delivered, 30))
-        return
-    await msg.ack()
+def appliers(store: EventStore, names: Sequence[str] = PROJECTIONS) -> dict[str, Applier]:
+    return {p.name: Applier(p, store) for p in projections(names)}
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+class _Running:
+    def __init__(self, tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+        self.tasks, self.stop = tasks, stop
+
+    async def halt(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    names: Sequence[str] = PROJECTIONS,
+    observer: Observer | None = None,
+) -> None:
     stop = stop or runtime.stop_event()
-    engine = create_engine(settings, pool_size=2)
+    size = settings.nats.partitions * len(names)
+    engine = create_engine(settings, pool_size=min(size, 8))
     pool = await create_pool(settings, size=2)
     nc = await bus.connect(settings, "projector")
+    claims = Claims(settings)
+    running: dict[int, _Running] = {}
     try:
         js = nc.jetstream()
-        await bus.ensure_stream(js, settings)
-        projection = OrderProjection(EventStore(pool, order_upcasters()))
-        sub = await js.pull_subscribe(
-            f"{settings.nats.subject_prefix}.>",
-            durable=settings.nats.projector_durable,
-            stream=settings.nats.stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
-                max_deliver=MAX_DELIVER,
-            ),
-        )
-        log.info(
-            "projector consuming %s as %s", settings.nats.stream, settings.nats.projector_durable
-        )
+        await bus.setup(js, settings)
+        by_name = appliers(EventStore(pool, order_upcasters()), names)
+
+        def start(partition: int) -> _Running:
+            halt = asyncio.Event()
+            tasks = []
+            for name, applier in by_name.items():
+                consumer = PartitionConsumer(
+                    engine,
+                    applier,
+                    js,
+                    settings.nats.partitioned_stream,
+                    bus.projection_durable(name, partition),
+                    partition,
+                    settings.projector,
+                    observer,
+                )
+                tasks.append(asyncio.create_task(_guard(consumer, halt)))
+            return _Running(tasks, halt)
+
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(BATCH, timeout=1)
-            except (nats.errors.TimeoutError, TimeoutError):
-                # Nothing new within the timeout: fetch raises instead of returning [].
+                if not claims.connected:
+                    await claims.join()
+                claimed, handed_back = await claims.rebalance()
+            except Exception as error:  # the session (and its leases) is gone
+                log.warning("partition claims lost (%s); stopping and rejoining", error)
+                for job in running.values():
+                    await job.halt()
+                running.clear()
+                await claims.leave()
+                await _pause(stop, settings.projector.claim_interval_s)
                 continue
-            # In stream order, one at a time: events of one order must apply in version order.
-            for msg in msgs:
-                await process(engine, projection, msg)
+            for partition in sorted(handed_back):
+                await running.pop(partition).halt()
+                await claims.release(partition)
+            for partition in sorted(claimed):
+                running[partition] = start(partition)
+            if claimed or handed_back:
+                log.info("projector holds partitions %s", sorted(claims.held))
+            await _pause(stop, settings.projector.claim_interval_s)
     finally:
+        for job in running.values():
+            await job.halt()
+        await claims.leave()
         await nc.close()
         await pool.close()
         await engine.dispose()
+
+
+async def _guard(consumer: PartitionConsumer, stop: asyncio.Event) -> None:
+    """Keep one partition consumer running: a crash (NATS or Postgres away) restarts it."""
+    while not stop.is_set():
+        try:
+            await consumer.run(stop)
+        except Exception:
+            log.exception("%s stopped; restarting in 1s", consumer.durable)
+            await _pause(stop, 1.0)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -156,12 +156,41 @@ async def list_orders(
     return OrderPage(items=[OrderOut(**r) for r in rows], next_cursor=next_cursor)
 
 
+STALE_HEADER = "Read-Model-Stale"
+VERSION_HEADER = "Read-Model-Version"
+
+
 @router.get("/{order_id}", responses={404: {"description": "unknown order"}})
-async def get_order(order_id: uuid.UUID, ctx: Ctx) -> OrderOut:
+async def get_order(
+    order_id: uuid.UUID,
+    ctx: Ctx,
+    response: Response,
+    min_version: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=100_000,
+            description="Read your writes: wait (bounded) until the read model has applied this "
+            "stream version. If the bound passes, the answer is what it has, marked "
+            f"`{STALE_HEADER}: true`.",
+        ),
+    ] = None,
+) -> OrderOut:
     """The order read model (PENDING with version 0 until the projector has its first event)."""
-    row = await orders_repo.get_order(ctx.engine, str(order_id))
-    if row is None:
+    found = await orders_repo.get_order(ctx.engine, str(order_id))
+    if found is None:
         raise NotFound(f"order {order_id} not found")
+    row: dict[str, Any] = found
+    if min_version is not None and row["version"] < min_version:
+
+        async def reached() -> bool:
+            nonlocal row
+            row = await orders_repo.get_order(ctx.engine, str(order_id)) or row
+            return bool(row["version"] >= min_version)
+
+        if not await ctx.watch.wait_for("orders", reached, ctx.settings.api.min_version_timeout):
+            response.headers[STALE_HEADER] = "true"
+    response.headers[VERSION_HEADER] = str(row["version"])
     return OrderOut(**row)
 
 
