@@ -193,8 +193,8 @@ async def describe(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
                 }
                 for s in cfg.sources or []
             ],
-            "retention": cfg.retention.value if cfg.retention else None,
-            "storage": cfg.storage.value if cfg.storage else None,
+            "retention": _plain(cfg.retention),
+            "storage": _plain(cfg.storage),
             "replicas": cfg.num_replicas,
             "max_age_s": cfg.max_age,
             "duplicate_window_s": cfg.duplicate_window,
@@ -213,6 +213,11 @@ async def describe(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
             },
         }
     return out
+
+
+def _plain(value: object) -> object:
+    # nats-py hands enums back from the server's answer as plain strings.
+    return getattr(value, "value", value)
 
 
 # -- publishing ---------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ class ApiSettings(BaseModel):
     update_timeout: float = 10.0
     # The longest `GET /orders/{id}?min_version=N` waits for the read model to catch up.
     min_version_timeout: float = 5.0
+    # While it waits, a look this often even without a notification from the projector.
+    min_version_poll_s: float = 1.0
 
 
 class SagaSettings(BaseModel):

@@ -19,7 +19,7 @@ from ordersaga.db import create_engine, create_pool
 from ordersaga.devstack import DevStack, isolated_settings
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
-from ordersaga.settings import SagaSettings, Settings
+from ordersaga.settings import ProjectorSettings, SagaSettings, Settings
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevSt
             max_interval_s=1.0,
             activity_timeout_s=5.0,
         ),
+        # Poison is dead-lettered within a second; a dead process's batch comes back in 3 s.
+        ProjectorSettings(
+            max_attempts=3, backoff_s=[0.2, 0.5], ack_wait_s=3.0, claim_interval_s=0.5
+        ),
     )
+    # Only a notification can wake a min_version wait within the tests' bounds.
+    settings.api.min_version_poll_s = 30.0
     dev = DevStack(settings, ui=False)
     await dev.start()
     yield dev

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+
+from ordersaga import events
+from ordersaga.devstack import child_env
+from ordersaga.domain import Address, Order, OrderItem, placed_event_data
+from ordersaga.eventstore import EventStore, NewEvent, StoredEvent
 
 T = TypeVar("T")
 
@@ -103,3 +112,83 @@ async def read_side_caught_up(
         return True if all(p["lag"] == 0 for p in status) else None
 
     await eventually(probe, timeout, "the read side to catch up")
+
+
+HAPPY_PATH = (
+    "order.placed",
+    "order.inventory_reserved",
+    "order.payment_captured",
+    "order.shipment_scheduled",
+    "order.confirmed",
+)
+
+
+def fake_events(
+    order_id: str,
+    customer_id: str,
+    sku: str,
+    quantity: int = 1,
+    unit_price: int = 100,
+    types: Sequence[str] = HAPPY_PATH,
+    overrides: dict[int, dict[str, Any]] | None = None,
+) -> list[StoredEvent]:
+    """An order's events as a producer would publish them (not written to the event store)."""
+    order = Order(
+        order_id=order_id,
+        customer_id=customer_id,
+        items=[OrderItem(sku, quantity, unit_price)],
+        shipping_address=Address("Ada", "1 Main St", "Berlin", "10115", "DE"),
+        payment_token="tok_visa",
+    )
+    now = datetime.now(UTC)
+    out = []
+    for version, event_type in enumerate(types, start=1):
+        data: dict[str, Any] = placed_event_data(order) if version == 1 else {}
+        data.update((overrides or {}).get(version, {}))
+        out.append(
+            StoredEvent(
+                position=0,
+                stream_id=order_id,
+                version=version,
+                event_id=str(uuid.uuid4()),
+                event_type=event_type,
+                schema_version=1,
+                data=data,
+                metadata={},
+                occurred_at=now,
+            )
+        )
+    return out
+
+
+async def publish(js: Any, settings: Any, stored: Sequence[StoredEvent]) -> None:
+    for event in stored:
+        await js.publish(
+            events.subject_for(settings.nats.subject_prefix, event.stream_id, event.event_type),
+            events.encode(event),
+            headers={"Nats-Msg-Id": event.event_id},
+        )
+
+
+def cli(settings: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `ordersaga ARGS` against the test stack, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ordersaga", *args],
+        env={**os.environ, **child_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+async def append(store: EventStore, stored: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """Write made-up events to the event store first, as the saga's activities do."""
+    out: list[StoredEvent] = []
+    by_order: dict[str, list[StoredEvent]] = {}
+    for event in stored:
+        by_order.setdefault(event.stream_id, []).append(event)
+    for order_id, evs in by_order.items():
+        out += await store.append(
+            order_id, [NewEvent(e.event_id, e.event_type, e.data) for e in evs], 0
+        )
+    return out

@@ -20,9 +20,6 @@ from ordersaga.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# A look every so often even without a notification: a listener that reconnects may miss one.
-SAFETY_NET_S = 1.0
-
 
 class AppliedWatch:
     def __init__(self, settings: Settings) -> None:
@@ -63,4 +60,7 @@ class AppliedWatch:
             if remaining <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), min(remaining, SAFETY_NET_S))
+                # A look every so often even without a notification: a listener may miss one.
+                await asyncio.wait_for(
+                    wakeup.wait(), min(remaining, self._settings.api.min_version_poll_s)
+                )

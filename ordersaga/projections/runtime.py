@@ -51,8 +51,8 @@ _MOVE_CHECKPOINTS = sa.text(
     "WHERE c.projection = :p AND c.order_id = n.order_id"
 )
 _BLOCKED = sa.text(
-    "SELECT DISTINCT order_id FROM projections.dead_letters "
-    "WHERE projection = :p AND order_id = ANY(:ids) AND resolved_at IS NULL"
+    "SELECT order_id, min(version) AS version FROM projections.dead_letters "
+    "WHERE projection = :p AND order_id = ANY(:ids) AND resolved_at IS NULL GROUP BY order_id"
 )
 _DISCARDED = sa.text(
     "SELECT version FROM projections.dead_letters "
@@ -102,17 +102,20 @@ class Applier:
         await conn.execute(_ENSURE_CHECKPOINTS, {"p": p, "ids": ids})
         found = await conn.execute(_LOCK_CHECKPOINTS, {"p": p, "ids": ids})
         checkpoints = {r.order_id: int(r.version) for r in found}
-        blocked: set[str] = set()
+        # Per order with an unresolved dead letter, its lowest version: what comes before it
+        # still applies (a late event), what comes after it waits.
+        blocked: dict[str, int] = {}
         if not release:
-            blocked = {r.order_id for r in await conn.execute(_BLOCKED, {"p": p, "ids": ids})}
+            found = await conn.execute(_BLOCKED, {"p": p, "ids": ids})
+            blocked = {r.order_id: int(r.version) for r in found}
         applied: list[OrderEvent] = []
         held: list[OrderEvent] = []
         moved: dict[str, int] = {}
         for order_id in ids:
             versions = by_order[order_id]
             if order_id in blocked:
-                held.extend(versions[v] for v in sorted(versions))
-                continue
+                held.extend(versions[v] for v in sorted(versions) if v >= blocked[order_id])
+                versions = {v: e for v, e in versions.items() if v < blocked[order_id]}
             done = checkpoints[order_id]
             fresh = sorted(v for v in versions if v > done)
             if not fresh:

@@ -68,11 +68,14 @@ class SalesProjection:
             if event.event_type != EventType.CONFIRMED:
                 continue  # cancelled: the lines are dropped, nothing was sold
             day = event.occurred_at.date()
+            skus = set()
             for item in row.items:
                 total = totals[(day, item["sku"], row.currency)]
-                total[0] += 1
                 total[1] += int(item["quantity"])
                 total[2] += int(item["quantity"]) * int(item["unit_price"])
+                skus.add(item["sku"])
+            for sku in skus:  # an order counts once per SKU, however many lines it has
+                totals[(day, sku, row.currency)][0] += 1
         if totals:
             # In key order: two partitions adding to the same rows lock them in the same order.
             await conn.execute(
