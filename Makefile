@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/saga_e2e.py
 	$(BIN)/python bench/event_store.py
+	$(BIN)/python bench/projector.py
 
 clean:
 	rm -rf $(VENV) .ordersaga

@@ -203,19 +203,23 @@ class DevStack:
     """Starts what the settings do not point elsewhere, in dependency order; stops in reverse."""
 
     SERVERS = ("postgres", "nats", "temporal")
+    APPS = ("worker", "projector", "notifier", "api")
 
     def __init__(
         self,
         settings: Settings,
         *,
-        apps: bool = True,
+        apps: bool | tuple[str, ...] = True,
         ui: bool = True,
         servers: tuple[str, ...] = SERVERS,
     ) -> None:
         self.base = settings
         self.servers = servers
         self.data_dir = settings.data_dir.resolve()
-        self.apps = apps
+        # Which service processes to run: all (True), none (False), or the ones named.
+        self.apps: tuple[str, ...] = (
+            self.APPS if apps is True else () if apps is False else tuple(apps)
+        )
         self.ui = ui
         self.parts: dict[str, Managed] = {}
         self.settings = settings  # resolved (explicit URLs) once started
@@ -371,7 +375,13 @@ class DevStack:
         self._supervisors = [asyncio.create_task(p.supervise()) for p in self.parts.values()]
         return self.settings
 
-    async def _start_apps(self) -> None:
+    async def start_apps(self, names: tuple[str, ...]) -> None:
+        """Start (more) service processes on the running servers, e.g. after a benchmark's setup."""
+        self.apps = tuple(dict.fromkeys(self.apps + names))
+        await self._start_apps(names)
+        self._supervisors += [asyncio.create_task(self.parts[n].supervise()) for n in names]
+
+    async def _start_apps(self, names: tuple[str, ...] | None = None) -> None:
         api = self.settings.api
         health = f"http://{api.host}:{api.port}/healthz"
 
@@ -383,11 +393,10 @@ class DevStack:
             return True
 
         apps = [
-            self._app("worker", started),
-            self._app("projector", started),
-            self._app("notifier", started),
+            self._app(name, api_ready if name == "api" else started)
+            for name in self.APPS
+            if name in (self.apps if names is None else names)
         ]
-        apps.append(self._app("api", api_ready))
         for part in apps:
             part.spawn()
             self.parts[part.name] = part
@@ -407,7 +416,7 @@ class DevStack:
             wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_PORT", s.temporal.embedded_port))
             if self.ui:
                 wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_UI_PORT", s.temporal.embedded_ui_port))
-        if self.apps:
+        if "api" in self.apps:
             wanted.append(("ORDERSAGA_API__PORT", s.api.port))
         busy = [f"{port} ({var})" for var, port in wanted if _port_in_use(port)]
         if busy:

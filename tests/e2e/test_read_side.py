@@ -215,7 +215,7 @@ async def test_a_projector_killed_mid_batch_resumes_with_nothing_lost_or_doubled
 
 
 async def test_min_version_returns_as_soon_as_the_version_is_applied(
-    settings: Settings, api: httpx.AsyncClient, engine: AsyncEngine
+    settings: Settings, api: httpx.AsyncClient, engine: AsyncEngine, store: EventStore
 ) -> None:
     sku = await stocked_sku(api, 5)
     order_id = await place(api, order_body(sku))
@@ -233,7 +233,12 @@ async def test_min_version_returns_as_soon_as_the_version_is_applied(
         request = asyncio.create_task(api.get(f"/orders/{second}", params={"min_version": 5}))
         await asyncio.sleep(1.0)  # deliberately: the request must still be waiting after it
         assert not request.done()
-        await blocker.rollback()
+
+        async def saga_done() -> bool | None:
+            return True if await store.version(second) >= 5 else None
+
+        await eventually(saga_done, 30, "the saga to record its last event")
+        await blocker.rollback()  # from here on, only the projector's work remains
         loop = asyncio.get_running_loop()
         released = loop.time()
     response = await request
