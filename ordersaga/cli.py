@@ -28,7 +28,7 @@ def _settings() -> Settings:
 def dev(
     ui: Annotated[bool, typer.Option(help="Serve the Temporal Web UI.")] = True,
 ) -> None:
-    """Start Postgres, NATS, Temporal, the worker, the projector and the API; Ctrl-C stops all."""
+    """Start Postgres, NATS, Temporal, the worker, projector, notifier and API; Ctrl-C stops all."""
     from ordersaga import runtime
     from ordersaga.devstack import DevStack, StackError
 

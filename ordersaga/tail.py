@@ -78,18 +78,22 @@ async def tail(
         sub = await js.subscribe(
             query.subject, stream=settings.nats.stream, ordered_consumer=True, config=config
         )
-        while not stop.is_set() and (count is None or seen < count):
-            try:
-                msg = await sub.next_msg(timeout=1)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            try:
-                doc = events.decode(msg.data)
-            except ValueError as error:
-                echo(f"{msg.subject}: not a CloudEvent ({error})")
-            else:
-                echo(json.dumps(doc) if as_json else line(doc))
-            seen += 1
+        try:
+            while not stop.is_set() and (count is None or seen < count):
+                try:
+                    msg = await sub.next_msg(timeout=1)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                try:
+                    doc = events.decode(msg.data)
+                except ValueError as error:
+                    echo(f"{msg.subject}: not a CloudEvent ({error})")
+                else:
+                    echo(json.dumps(doc) if as_json else line(doc))
+                seen += 1
+        finally:
+            # Without a subscriber, the server drops the ephemeral consumer shortly after.
+            await sub.unsubscribe()
     finally:
         await nc.close()
     return seen
