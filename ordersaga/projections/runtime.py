@@ -43,7 +43,7 @@ _ENSURE_CHECKPOINTS = sa.text(
 )
 _LOCK_CHECKPOINTS = sa.text(
     "SELECT order_id, version FROM projections.checkpoints "
-    "WHERE projection = :p AND order_id = ANY(:ids) ORDER BY order_id FOR UPDATE"
+    "WHERE order_id = ANY(:ids) AND projection = :p ORDER BY order_id FOR UPDATE"
 )
 _MOVE_CHECKPOINTS = sa.text(
     "UPDATE projections.checkpoints AS c SET version = n.version "

@@ -21,7 +21,9 @@ UPGRADE = [
         projection text    NOT NULL,
         order_id   text    NOT NULL,
         version    integer NOT NULL,
-        PRIMARY KEY (projection, order_id)
+        -- order_id first: lookups pass many order ids, and a key led by the projection made the
+        -- planner walk every row of the projection to find them.
+        PRIMARY KEY (order_id, projection)
     )
     """,
     # Per projection and partition: how far it has applied the partitioned stream.
