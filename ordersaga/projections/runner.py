@@ -57,7 +57,7 @@ async def run(
 ) -> None:
     stop = stop or runtime.stop_event()
     size = settings.nats.partitions * len(names)
-    engine = create_engine(settings, pool_size=min(size, 8))
+    engine = create_engine(settings, pool_size=min(size, 8), pre_ping=False)
     pool = await create_pool(settings, size=2)
     nc = await bus.connect(settings, "projector")
     claims = Claims(settings)

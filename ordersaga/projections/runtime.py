@@ -36,35 +36,45 @@ APPLIED_CHANNEL = "projection_applied"
 # An observer sees what each committed batch applied (metrics, benchmarks).
 Observer = Callable[[str, Sequence[OrderEvent]], None]
 
-_ENSURE_CHECKPOINTS = sa.text(
-    "INSERT INTO projections.checkpoints (projection, order_id, version) "
-    "SELECT :p, o, 0 FROM unnest(CAST(:ids AS text[])) AS o ORDER BY o "
-    "ON CONFLICT DO NOTHING"
-)
+# One round trip: creates the orders' checkpoints or locks the existing ones (DO UPDATE takes
+# the row lock, waiting for a concurrent holder), and returns each order's version and its
+# lowest unresolved dead letter. Keys in sorted order, so that batches lock in the same order.
 _LOCK_CHECKPOINTS = sa.text(
-    "SELECT order_id, version FROM projections.checkpoints "
-    "WHERE order_id = ANY(:ids) AND projection = :p ORDER BY order_id FOR UPDATE"
+    """
+    INSERT INTO projections.checkpoints AS c (order_id, projection, version)
+    SELECT o, :p, 0 FROM unnest(CAST(:ids AS text[])) AS o ORDER BY o
+    ON CONFLICT (order_id, projection) DO UPDATE SET version = c.version
+    RETURNING c.order_id, c.version,
+        (SELECT min(d.version) FROM projections.dead_letters AS d
+          WHERE d.projection = c.projection AND d.order_id = c.order_id
+            AND d.resolved_at IS NULL) AS blocked_at
+    """
 )
 _MOVE_CHECKPOINTS = sa.text(
     "UPDATE projections.checkpoints AS c SET version = n.version "
     "FROM unnest(CAST(:ids AS text[]), CAST(:versions AS integer[])) AS n(order_id, version) "
-    "WHERE c.projection = :p AND c.order_id = n.order_id"
-)
-_BLOCKED = sa.text(
-    "SELECT order_id, min(version) AS version FROM projections.dead_letters "
-    "WHERE projection = :p AND order_id = ANY(:ids) AND resolved_at IS NULL GROUP BY order_id"
+    "WHERE c.order_id = n.order_id AND c.projection = :p"
 )
 _DISCARDED = sa.text(
     "SELECT version FROM projections.dead_letters "
     "WHERE projection = :p AND order_id = :o AND state = 'discarded'"
 )
+# The partition's progress, and (when something was applied) a NOTIFY that wakes
+# read-your-writes waiters once this transaction commits: one round trip.
 _PROGRESS = sa.text(
-    "INSERT INTO projections.progress (projection, partition, stream_seq, event_time, applied_at) "
-    "VALUES (:p, :part, :seq, :at, now()) ON CONFLICT (projection, partition) DO UPDATE SET "
-    "stream_seq = GREATEST(progress.stream_seq, excluded.stream_seq), "
-    "event_time = excluded.event_time, applied_at = now()"
+    f"""
+    WITH moved AS (
+        INSERT INTO projections.progress AS g
+            (projection, partition, stream_seq, event_time, applied_at)
+        VALUES (:p, :part, :seq, :at, now())
+        ON CONFLICT (projection, partition) DO UPDATE SET
+            stream_seq = GREATEST(g.stream_seq, excluded.stream_seq),
+            event_time = excluded.event_time, applied_at = now()
+        RETURNING 1)
+    SELECT CASE WHEN CAST(:notify AS boolean) THEN pg_notify('{APPLIED_CHANNEL}', :p) END
+    FROM moved
+    """
 )
-_NOTIFY = sa.text(f"SELECT pg_notify('{APPLIED_CHANNEL}', :p)")
 _DEAD_LETTER = sa.text(
     "INSERT INTO projections.dead_letters (projection, order_id, version, event_id, event_type, "
     "subject, stream_seq, deliveries, payload, error, state) VALUES (:projection, :order_id, "
@@ -99,15 +109,13 @@ class Applier:
         for event in batch:
             by_order[event.order_id][event.version] = event
         ids = sorted(by_order)
-        await conn.execute(_ENSURE_CHECKPOINTS, {"p": p, "ids": ids})
-        found = await conn.execute(_LOCK_CHECKPOINTS, {"p": p, "ids": ids})
+        found = (await conn.execute(_LOCK_CHECKPOINTS, {"p": p, "ids": ids})).all()
         checkpoints = {r.order_id: int(r.version) for r in found}
         # Per order with an unresolved dead letter, its lowest version: what comes before it
         # still applies (a late event), what comes after it waits.
         blocked: dict[str, int] = {}
         if not release:
-            found = await conn.execute(_BLOCKED, {"p": p, "ids": ids})
-            blocked = {r.order_id: int(r.version) for r in found}
+            blocked = {r.order_id: int(r.blocked_at) for r in found if r.blocked_at is not None}
         applied: list[OrderEvent] = []
         held: list[OrderEvent] = []
         moved: dict[str, int] = {}
@@ -280,10 +288,9 @@ class PartitionConsumer:
                     "part": self.partition,
                     "seq": last.seq,
                     "at": last.event.occurred_at,
+                    "notify": bool(outcome.applied),
                 },
             )
-            if outcome.applied:
-                await conn.execute(_NOTIFY, {"p": self.name})
         for d in deliveries:
             await d.msg.ack()
         if self._observer is not None and outcome.applied:
