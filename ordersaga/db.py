@@ -20,6 +20,18 @@ def _server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+def _address(settings: Settings) -> dict[str, object]:
+    """asyncpg's connection arguments, from the same URL SQLAlchemy uses."""
+    url = make_url(settings.database_url())
+    return {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+    }
+
+
 def create_engine(
     settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True
 ) -> AsyncEngine:
@@ -38,13 +50,8 @@ def create_engine(
 async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg.Pool:
     """A plain asyncpg pool for the event store's hot path (a third faster than going through
     SQLAlchemy's pool here), with the same session settings as the engine."""
-    url = make_url(settings.database_url())
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        database=url.database,
+        **_address(settings),
         min_size=1,
         max_size=size or settings.database.pool_size,
         server_settings=_server_settings(settings),
@@ -54,13 +61,8 @@ async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg
 
 async def connect(settings: Settings, application_name: str) -> asyncpg.Connection:
     """One dedicated session (LISTEN, advisory locks): not from a pool, it lives on its own."""
-    url = make_url(settings.database_url())
     conn: asyncpg.Connection = await asyncpg.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        database=url.database,
+        **_address(settings),
         server_settings={**_server_settings(settings), "application_name": application_name},
     )
     return conn

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersaga.eventstore import StoredEvent
@@ -63,3 +65,46 @@ class Projection(Protocol):
     event_types: frozenset[str]
 
     async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None: ...
+
+
+Row = dict[str, Any]
+Fold = Callable[[Row | None, OrderEvent], Row]
+
+
+def check(row: Row | None, event: OrderEvent, known: Collection[str]) -> None:
+    """What every fold refuses: a type it does not know, and an order that starts otherwise
+    than with `order.placed`."""
+    if event.event_type not in known:
+        raise ProjectionError(f"unknown event type {event.event_type!r} (version {event.version})")
+    if row is None and event.event_type != "order.placed":
+        raise ProjectionError(f"order {event.order_id}: first event is {event.event_type}")
+
+
+async def apply_rows(
+    conn: AsyncConnection,
+    events: Sequence[OrderEvent],
+    select: sa.TextClause,
+    upsert: sa.TextClause,
+    fold: Fold,
+    json_columns: Collection[str] = (),
+) -> None:
+    """A read model of one row per order: read the batch's rows (`select` takes `:ids`), fold
+    the events in, write the changed rows back. The row's version guards it: an event at or
+    below it (a rebuilt table ahead of the checkpoints) is skipped."""
+    found = await conn.execute(select, {"ids": sorted({e.order_id for e in events})})
+    rows: dict[str, Row] = {r.order_id: dict(r._mapping) for r in found}
+    changed: set[str] = set()
+    for event in events:
+        row = rows.get(event.order_id)
+        if row is not None and event.version <= row["version"]:
+            continue
+        rows[event.order_id] = fold(row, event)
+        changed.add(event.order_id)
+    if changed:
+        await conn.execute(
+            upsert,
+            [
+                {k: json.dumps(v) if k in json_columns else v for k, v in rows[o].items()}
+                for o in sorted(changed)
+            ],
+        )

@@ -8,8 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ordersaga.domain import EventType
-from ordersaga.projections.base import OrderEvent, ProjectionError
+from ordersaga.projections.base import OrderEvent, apply_rows, check
 from ordersaga.projections.orders import STATUS_ON
 
 _COLUMNS = (
@@ -40,25 +39,12 @@ class CustomerOrdersProjection:
     )
 
     async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
-        found = await conn.execute(self._select, {"ids": sorted({e.order_id for e in events})})
-        rows: dict[str, dict[str, Any]] = {r.order_id: dict(r._mapping) for r in found}
-        changed: set[str] = set()
-        for event in events:
-            row = rows.get(event.order_id)
-            if row is not None and event.version <= row["version"]:
-                continue
-            rows[event.order_id] = fold(row, event)
-            changed.add(event.order_id)
-        if changed:
-            await conn.execute(self._upsert, [rows[o] for o in sorted(changed)])
+        await apply_rows(conn, events, self._select, self._upsert, fold)
 
 
 def fold(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:
-    if event.event_type not in STATUS_ON:
-        raise ProjectionError(f"unknown event type {event.event_type!r}")
+    check(row, event, STATUS_ON)
     if row is None:
-        if event.event_type != EventType.PLACED:
-            raise ProjectionError(f"order {event.order_id}: first event is {event.event_type}")
         d = event.data
         row = {
             "order_id": event.order_id,

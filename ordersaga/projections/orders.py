@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersaga.domain import EventType, OrderStatus
-from ordersaga.projections.base import OrderEvent, ProjectionError
+from ordersaga.projections.base import OrderEvent, ProjectionError, apply_rows, check
 
 __all__ = ["LIVE_TABLE", "STATUS_ON", "OrderEvent", "OrderProjection", "ProjectionError", "apply"]
 
@@ -42,15 +41,12 @@ def apply(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:
     The runtime hands events over in version order and fills gaps from the store; a gap that
     reaches here is an event an operator discarded. Going backwards is a bug, and raises.
     """
-    if event.event_type not in STATUS_ON:
-        raise ProjectionError(f"unknown event type {event.event_type!r} (version {event.version})")
+    check(row, event, STATUS_ON)
     if row is not None and event.version <= row["version"]:
         raise ProjectionError(
             f"order {event.order_id}: event version {event.version} after {row['version']}"
         )
     if row is None:
-        if event.event_type != EventType.PLACED:
-            raise ProjectionError(f"order {event.order_id}: first event is {event.event_type}")
         d = event.data
         row = {
             "order_id": event.order_id,
@@ -122,21 +118,4 @@ class OrderProjection:
         self._upsert = _upsert(table)
 
     async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
-        ids = sorted({e.order_id for e in events})
-        found = await conn.execute(self._select, {"ids": ids})
-        rows: dict[str, dict[str, Any]] = {r.order_id: dict(r._mapping) for r in found}
-        changed: set[str] = set()
-        for event in events:
-            row = rows.get(event.order_id)
-            if row is not None and event.version <= row["version"]:
-                continue  # the row has it already (a rebuilt table ahead of the checkpoint)
-            rows[event.order_id] = apply(row, event)
-            changed.add(event.order_id)
-        if changed:
-            await conn.execute(
-                self._upsert,
-                [
-                    {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in rows[o].items()}
-                    for o in sorted(changed)
-                ],
-            )
+        await apply_rows(conn, events, self._select, self._upsert, apply, _JSON_COLUMNS)
