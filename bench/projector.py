@@ -177,7 +177,7 @@ async def reset_ours(settings: Settings) -> None:
     nc = await bus.connect(settings, "bench-reset")
     js = nc.jetstream()
     for partition in range(settings.nats.partitions):
-        durable = bus.projection_durable("orders", partition)
+        durable = bus.projector_durable(partition)
         try:
             await js.delete_consumer(settings.nats.partitioned_stream, durable)
         except nats.js.errors.NotFoundError:

@@ -93,8 +93,8 @@ def partition_subject(settings: Settings, partition: int) -> str:
     return f"{settings.nats.partitioned_prefix}.{partition}.>"
 
 
-def projection_durable(projection: str, partition: int) -> str:
-    return f"projection-{projection.replace('_', '-')}-{partition}"
+def projector_durable(partition: int) -> str:
+    return f"projector-{partition}"
 
 
 @dataclass(frozen=True)
@@ -105,25 +105,23 @@ class ConsumerSpec:
 
 def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
     ns, ps = settings.nats, settings.projector
-    specs = []
-    for projection in PROJECTIONS:
-        for partition in range(ns.partitions):
-            specs.append(
-                ConsumerSpec(
-                    ns.partitioned_stream,
-                    ConsumerConfig(
-                        durable_name=projection_durable(projection, partition),
-                        description=f"projection {projection}, partition {partition}",
-                        filter_subject=partition_subject(settings, partition),
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.ALL,
-                        ack_wait=ps.ack_wait_s,
-                        # The projector dead-letters after max_attempts; this is the backstop.
-                        max_deliver=ps.max_attempts + 2,
-                        max_ack_pending=ps.batch * 4,
-                    ),
-                )
-            )
+    specs = [
+        ConsumerSpec(
+            ns.partitioned_stream,
+            ConsumerConfig(
+                durable_name=projector_durable(partition),
+                description=f"projections {', '.join(PROJECTIONS)}; partition {partition}",
+                filter_subject=partition_subject(settings, partition),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ps.ack_wait_s,
+                # The projector dead-letters after max_attempts; this is the backstop.
+                max_deliver=ps.max_attempts + 2,
+                max_ack_pending=ps.batch * 4,
+            ),
+        )
+        for partition in range(ns.partitions)
+    ]
     specs.append(
         ConsumerSpec(
             ns.stream,

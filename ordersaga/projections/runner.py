@@ -56,8 +56,7 @@ async def run(
     observer: Observer | None = None,
 ) -> None:
     stop = stop or runtime.stop_event()
-    size = settings.nats.partitions * len(names)
-    engine = create_engine(settings, pool_size=min(size, 8), pre_ping=False)
+    engine = create_engine(settings, pool_size=min(settings.nats.partitions, 8), pre_ping=False)
     pool = await create_pool(settings, size=2)
     nc = await bus.connect(settings, "projector")
     claims = Claims(settings)
@@ -69,20 +68,17 @@ async def run(
 
         def start(partition: int) -> _Running:
             halt = asyncio.Event()
-            tasks = []
-            for name, applier in by_name.items():
-                consumer = PartitionConsumer(
-                    engine,
-                    applier,
-                    js,
-                    settings.nats.partitioned_stream,
-                    bus.projection_durable(name, partition),
-                    partition,
-                    settings.projector,
-                    observer,
-                )
-                tasks.append(asyncio.create_task(_guard(consumer, halt)))
-            return _Running(tasks, halt)
+            consumer = PartitionConsumer(
+                engine,
+                list(by_name.values()),
+                js,
+                settings.nats.partitioned_stream,
+                bus.projector_durable(partition),
+                partition,
+                settings.projector,
+                observer,
+            )
+            return _Running([asyncio.create_task(_guard(consumer, halt))], halt)
 
         while not stop.is_set():
             try:

@@ -213,12 +213,18 @@ def dead_letter_row(
 
 
 class PartitionConsumer:
-    """One projection on one partition: fetch, apply in one transaction, ack."""
+    """Every projection on one partition: fetch, apply them all in one transaction, ack.
+
+    One durable consumer and one transaction per batch serve all projections, so a saga's
+    event costs one delivery and one commit however many read models it feeds. Each projection
+    keeps its own checkpoints and dead letters: when one fails on an event (in its own
+    savepoint), the others still apply it, and only the failing one retries or parks the order.
+    """
 
     def __init__(
         self,
         engine: AsyncEngine,
-        applier: Applier,
+        appliers: Sequence[Applier],
         js: JetStreamContext,
         stream: str,
         durable: str,
@@ -227,14 +233,13 @@ class PartitionConsumer:
         observer: Observer | None = None,
     ) -> None:
         self._engine = engine
-        self._applier = applier
+        self._appliers = list(appliers)
         self._js = js
         self._stream = stream
         self.durable = durable
         self.partition = partition
         self._settings = settings
         self._observer = observer
-        self.name = applier.name
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self._js.pull_subscribe_bind(self.durable, self._stream)
@@ -252,7 +257,9 @@ class PartitionConsumer:
         broken = [d for d in deliveries if d.event is None]
         for delivery in broken:
             # Undecodable is undecodable on every delivery: dead-letter it at once.
-            await self._dead_letter([delivery], delivery.error or "undecodable")
+            names = [a.name for a in self._appliers]
+            await self._dead_letter(delivery, names, delivery.error or "undecodable")
+            await delivery.msg.ack()
         good = [d for d in deliveries if d.event is not None]
         if not good:
             return
@@ -260,41 +267,66 @@ class PartitionConsumer:
             await self._commit(good)
         except Exception as error:  # isolate the culprit below
             log.warning(
-                "%s[%d]: batch of %d failed (%s); retrying it order by order",
-                self.name, self.partition, len(good), error,
+                "%s: batch of %d failed (%s); retrying it order by order",
+                self.durable, len(good), error,
             )  # fmt: skip
             await self._isolate(good)
 
-    async def _commit(self, deliveries: list[Delivery]) -> None:
-        batch = [d.event for d in deliveries if d.event is not None]
-        async with self._engine.begin() as conn:
-            outcome = await self._applier.apply(conn, batch)
-            if outcome.held:
-                held = {(e.order_id, e.version) for e in outcome.held}
-                await conn.execute(
-                    _DEAD_LETTER,
-                    [
-                        dead_letter_row(self.name, d, "waiting behind a dead letter", "waiting")
-                        for d in deliveries
-                        if d.event is not None and (d.event.order_id, d.event.version) in held
-                    ],
-                )
-            last = max(deliveries, key=lambda d: d.seq)
-            assert last.event is not None
+    async def _apply(
+        self, conn: AsyncConnection, applier: Applier, deliveries: list[Delivery]
+    ) -> Outcome:
+        """One projection's share of the transaction: apply, park what waits, note progress."""
+        outcome = await applier.apply(conn, [d.event for d in deliveries if d.event is not None])
+        if outcome.held:
+            held = {(e.order_id, e.version) for e in outcome.held}
             await conn.execute(
-                _PROGRESS,
-                {
-                    "p": self.name,
-                    "part": self.partition,
-                    "seq": last.seq,
-                    "at": last.event.occurred_at,
-                    "notify": bool(outcome.applied),
-                },
+                _DEAD_LETTER,
+                [
+                    dead_letter_row(applier.name, d, "waiting behind a dead letter", "waiting")
+                    for d in deliveries
+                    if d.event is not None and (d.event.order_id, d.event.version) in held
+                ],
             )
+        last = max(deliveries, key=lambda d: d.seq)
+        assert last.event is not None
+        await conn.execute(
+            _PROGRESS,
+            {
+                "p": applier.name,
+                "part": self.partition,
+                "seq": last.seq,
+                "at": last.event.occurred_at,
+                "notify": bool(outcome.applied),
+            },
+        )
+        return outcome
+
+    def _observe(self, outcomes: dict[str, Outcome]) -> None:
+        if self._observer is not None:
+            for name, outcome in outcomes.items():
+                if outcome.applied:
+                    self._observer(name, outcome.applied)
+
+    async def _commit(self, deliveries: list[Delivery]) -> None:
+        async with self._engine.begin() as conn:
+            outcomes = {a.name: await self._apply(conn, a, deliveries) for a in self._appliers}
         for d in deliveries:
             await d.msg.ack()
-        if self._observer is not None and outcome.applied:
-            self._observer(self.name, outcome.applied)
+        self._observe(outcomes)
+
+    async def _commit_each(self, delivery: Delivery) -> dict[str, str]:
+        """Apply one event for every projection, each in a savepoint; the failures, by name."""
+        failed: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
+        async with self._engine.begin() as conn:
+            for applier in self._appliers:
+                try:
+                    async with conn.begin_nested():
+                        outcomes[applier.name] = await self._apply(conn, applier, [delivery])
+                except Exception as error:  # this projection waits; the others go on
+                    failed[applier.name] = f"{type(error).__name__}: {error}"
+        self._observe(outcomes)
+        return failed
 
     async def _isolate(self, deliveries: list[Delivery]) -> None:
         groups: dict[str, list[Delivery]] = defaultdict(list)
@@ -303,38 +335,38 @@ class PartitionConsumer:
         for group in groups.values():
             group.sort(key=lambda d: (d.event.version if d.event else 0, d.seq))
             for i, delivery in enumerate(group):
-                try:
-                    await self._commit([delivery])
-                except Exception as error:  # this one, and its order's rest, wait
-                    await self._reject(group[i:], f"{type(error).__name__}: {error}")
+                failed = await self._commit_each(delivery)
+                if not failed:
+                    await delivery.msg.ack()
+                    continue
+                if delivery.deliveries < self._settings.max_attempts:
+                    # Again later, with the order's later events: the projections that did
+                    # apply them skip them then.
+                    await self._retry_later(group[i:], failed)
                     break
+                # Dead-lettered for the projections that failed; the order's later events go
+                # on below: those projections park them behind it, the others apply them.
+                log.error(
+                    "%s: dead-lettering %s after %d deliveries: %s",
+                    self.durable, delivery.msg.subject, delivery.deliveries, failed,
+                )  # fmt: skip
+                for name, error in failed.items():
+                    await self._dead_letter(delivery, [name], error)
+                await delivery.msg.ack()
 
-    async def _reject(self, deliveries: list[Delivery], error: str) -> None:
+    async def _retry_later(self, deliveries: list[Delivery], failed: dict[str, str]) -> None:
         first = deliveries[0]
-        if first.deliveries >= self._settings.max_attempts:
-            log.error(
-                "%s[%d]: dead-lettering %s after %d deliveries: %s",
-                self.name, self.partition, first.msg.subject, first.deliveries, error,
-            )  # fmt: skip
-            await self._dead_letter(deliveries, error)
-            return
         backoff = self._settings.backoff_s
         delay = backoff[min(first.deliveries, len(backoff)) - 1]
         log.warning(
-            "%s[%d]: %s failed (delivery %d), again in %.1fs: %s",
-            self.name, self.partition, first.msg.subject, first.deliveries, delay, error,
+            "%s: %s failed (delivery %d), again in %.1fs: %s",
+            self.durable, first.msg.subject, first.deliveries, delay, failed,
         )  # fmt: skip
         for d in deliveries:
             await d.msg.nak(delay=delay)
 
-    async def _dead_letter(self, deliveries: list[Delivery], error: str) -> None:
-        """The first is the failed event; the rest (same order, later) wait behind it."""
-        rows = [dead_letter_row(self.name, deliveries[0], error, "failed")]
-        rows += [
-            dead_letter_row(self.name, d, "waiting behind a dead letter", "waiting")
-            for d in deliveries[1:]
-        ]
+    async def _dead_letter(self, delivery: Delivery, names: list[str], error: str) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(_DEAD_LETTER, rows)
-        for d in deliveries:
-            await d.msg.ack()
+            await conn.execute(
+                _DEAD_LETTER, [dead_letter_row(name, delivery, error, "failed") for name in names]
+            )

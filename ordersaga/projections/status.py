@@ -38,16 +38,21 @@ async def projection_status(
             )
         }
     now = datetime.now(UTC)
+    # One consumer per partition feeds every projection: what it has not acked, none has applied.
+    pending: dict[int, int | None] = {}
+    for partition in range(settings.nats.partitions):
+        durable = bus.projector_durable(partition)
+        try:
+            info = await js.consumer_info(settings.nats.partitioned_stream, durable)
+            pending[partition] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        except NotFoundError:
+            pending[partition] = None
     out = []
     for name in PROJECTIONS:
         partitions = []
         for partition in range(settings.nats.partitions):
-            durable = bus.projection_durable(name, partition)
-            try:
-                info = await js.consumer_info(settings.nats.partitioned_stream, durable)
-                lag: int | None = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            except NotFoundError:
-                lag = None
+            durable = bus.projector_durable(partition)
+            lag = pending[partition]
             row = progress.get((name, partition))
             partitions.append(
                 {
