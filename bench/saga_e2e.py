@@ -66,9 +66,12 @@ async def run_ours(
     return rate, counts
 
 
-async def main(n: int, rounds: int) -> None:
+async def main(n: int, rounds: int, read_side: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
-        stack = DevStack(isolated_settings(Path(data)), ui=False)
+        # By default the whole stack runs, as `make dev` runs it; without the read side
+        # (projector, notifier) the figure shows what those cost on the same cores.
+        apps = DevStack.APPS if read_side else ("worker", "api")
+        stack = DevStack(isolated_settings(Path(data)), ui=False, apps=apps)
         resolved = await stack.start()
         try:
             client = await connect_temporal(resolved)
@@ -108,6 +111,7 @@ async def main(n: int, rounds: int) -> None:
                 "goal": GOAL,
                 "orders_per_round": n,
                 "rounds": rounds,
+                "read_side": read_side,
                 "ours_runs": [round(x, 2) for x in ours],
                 "bare_runs": [round(x, 2) for x in bare],
             }
@@ -119,5 +123,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--no-read-side",
+        action="store_true",
+        help="run only the worker and the API (no projector, no notifier) beside the servers",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.orders, args.rounds))
+    asyncio.run(main(args.orders, args.rounds, not args.no_read_side))
