@@ -204,7 +204,8 @@ app.add_typer(bus_app, name="bus")
 
 @bus_app.command("setup")
 def bus_setup() -> None:
-    """Create or update the streams and durable consumers (every process also does this)."""
+    """Create or update the streams and durable consumers (the worker, projector and notifier
+    also do at start)."""
     from ordersaga import bus
 
     settings = _settings()
