@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -49,8 +50,36 @@ class StackError(RuntimeError):
     """A part of the stack could not start; the message says which and where its log is."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free now, below the kernel's ephemeral range.
+
+    A port the kernel handed out (bind to 0) is in the ephemeral range, where any outgoing
+    connection may take it before our server binds it, say when a stack restarts on the same
+    ports (seen in CI: "address already in use" for the API).
+    """
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(20_000, max(floor, 20_001))
+        if port in _HANDED_OUT:
+            continue  # free now, but promised to a server of this process already
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as sock:  # a crowded machine: take what the kernel gives
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
