@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ordersaga.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from ordersaga.eventstore import EventStore
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__
@@ -146,6 +153,22 @@ def retry_compensation(order_id: str) -> None:
     _saga_call(order_id, "retry_compensation")
 
 
+@contextlib.asynccontextmanager
+async def _engine_and_store(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, EventStore]]:
+    """What the operator commands on read models need: an engine and the event store."""
+    from ordersaga.db import create_engine, create_pool
+    from ordersaga.events import order_upcasters
+    from ordersaga.eventstore import EventStore
+
+    engine = create_engine(settings, pool_size=2)
+    pool = await create_pool(settings, size=2)
+    try:
+        yield engine, EventStore(pool, order_upcasters())
+    finally:
+        await pool.close()
+        await engine.dispose()
+
+
 projections = typer.Typer(help="Read models: their lag, and rebuilding them from the event store.")
 app.add_typer(projections, name="projections")
 
@@ -176,9 +199,6 @@ def rebuild(
     name: Annotated[str, typer.Argument(help="The read model: orders.")] = "orders",
 ) -> None:
     """Replay the event store into fresh tables and swap them in (the service may keep running)."""
-    from ordersaga.db import create_engine, create_pool
-    from ordersaga.events import order_upcasters
-    from ordersaga.eventstore import EventStore
     from ordersaga.projections.rebuild import rebuild_orders
 
     if name != "orders":
@@ -186,13 +206,8 @@ def rebuild(
     settings = _settings()
 
     async def main() -> None:
-        engine = create_engine(settings, pool_size=2)
-        pool = await create_pool(settings, size=2)
-        try:
-            report = await rebuild_orders(engine, EventStore(pool, order_upcasters()))
-        finally:
-            await pool.close()
-            await engine.dispose()
+        async with _engine_and_store(settings) as (engine, store):
+            report = await rebuild_orders(engine, store)
         typer.echo(f"rebuilt orders: {report.events} events replayed, {report.orders} orders")
 
     asyncio.run(main())
@@ -265,28 +280,19 @@ def deadletters_list(
 
 
 def _dead_letter_action(dead_letter_id: int, action: str) -> None:
-    from ordersaga.db import create_engine, create_pool
-    from ordersaga.events import order_upcasters
-    from ordersaga.eventstore import EventStore
     from ordersaga.projections import deadletters as ops
+    from ordersaga.projections.deadletters import DeadLetterError
     from ordersaga.projections.runner import appliers
 
     settings = _settings()
 
     async def main() -> str:
-        engine = create_engine(settings, pool_size=2)
-        pool = await create_pool(settings, size=2)
-        try:
-            by_name = appliers(EventStore(pool, order_upcasters()))
+        async with _engine_and_store(settings) as (engine, store):
+            by_name = appliers(store)
             if action == "retry":
                 n = await ops.retry(engine, by_name, dead_letter_id)
                 return f"retried: {n} event(s) of the order applied"
             return await ops.discard(engine, by_name, dead_letter_id)
-        finally:
-            await pool.close()
-            await engine.dispose()
-
-    from ordersaga.projections.deadletters import DeadLetterError
 
     try:
         typer.echo(asyncio.run(main()))

@@ -102,7 +102,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     engine = create_engine(settings, pool_size=2)
     nc = await bus.connect(settings, "notifier")
-    timeout = settings.notifier.read_timeout_s + 5
+    # Longer than the API's own bound on a min_version wait, so the API answers first.
+    timeout = settings.api.min_version_timeout + 5
     try:
         js = nc.jetstream()
         await bus.setup(js, settings)

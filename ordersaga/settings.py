@@ -65,8 +65,6 @@ class NotifierSettings(BaseModel):
     durable: str = "notifier"
     # Where the notifier asks for the order (event notification). Unset: this API's address.
     api_url: str | None = None
-    # How long it lets the API wait for the read model to apply the event's version.
-    read_timeout_s: float = 5.0
 
 
 class TemporalSettings(BaseModel):

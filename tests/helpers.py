@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
 
 from ordersaga import events
 from ordersaga.devstack import child_env
@@ -192,3 +193,21 @@ async def append(store: EventStore, stored: Sequence[StoredEvent]) -> list[Store
             order_id, [NewEvent(e.event_id, e.event_type, e.data) for e in evs], 0
         )
     return out
+
+
+def waiting_on_lock(engine: Any, relation: str) -> Callable[[], Awaitable[bool | None]]:
+    """A probe for `eventually`: someone waits for a lock on `relation` (a test holds it)."""
+
+    async def probe() -> bool | None:
+        # A fresh connection each time: the lock table is a snapshot per transaction.
+        async with engine.connect() as conn:
+            waiting = await conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks "
+                    "WHERE relation = CAST(:r AS regclass) AND NOT granted"
+                ),
+                {"r": relation},
+            )
+            return True if waiting.scalar_one() > 0 else None
+
+    return probe

@@ -41,9 +41,10 @@ async def projection_status(
     # One consumer per partition feeds every projection: what it has not acked, none has applied.
     pending: dict[int, int | None] = {}
     for partition in range(settings.nats.partitions):
-        durable = bus.projector_durable(partition)
         try:
-            info = await js.consumer_info(settings.nats.partitioned_stream, durable)
+            info = await js.consumer_info(
+                settings.nats.partitioned_stream, bus.projector_durable(partition)
+            )
             pending[partition] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         except NotFoundError:
             pending[partition] = None
@@ -51,14 +52,12 @@ async def projection_status(
     for name in PROJECTIONS:
         partitions = []
         for partition in range(settings.nats.partitions):
-            durable = bus.projector_durable(partition)
-            lag = pending[partition]
             row = progress.get((name, partition))
             partitions.append(
                 {
                     "partition": partition,
-                    "consumer": durable,
-                    "lag": lag,
+                    "consumer": bus.projector_durable(partition),
+                    "lag": pending[partition],
                     "applied_stream_seq": row.stream_seq if row else 0,
                     "last_event_age_s": (
                         round((now - row.event_time).total_seconds(), 3)

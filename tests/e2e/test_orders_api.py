@@ -19,6 +19,7 @@ from tests.helpers import (
     stocked_sku,
     unique,
     wait_terminal,
+    waiting_on_lock,
 )
 
 pytestmark = pytest.mark.e2e
@@ -142,20 +143,13 @@ async def test_customer_cancel_mid_saga_compensates(
         await blocker.execute(sa.text("LOCK TABLE payments.ledger IN EXCLUSIVE MODE"))
         order_id = await place(api, order_body(sku, quantity=2))
 
-        async def capture_blocked() -> bool | None:
-            # Seeing `inventory_reserved` is not enough: the workflow may not have scheduled the
-            # capture yet, and a cancel then (rightly) skips it. Wait for the capture itself to
-            # be queued behind our lock.
-            async with engine.connect() as probe:
-                waiting = await probe.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_locks "
-                        "WHERE relation = 'payments.ledger'::regclass AND NOT granted"
-                    )
-                )
-                return True if waiting.scalar_one() > 0 else None
-
-        await eventually(capture_blocked, what="the capture to wait on the payment ledger")
+        # Seeing `inventory_reserved` is not enough: the workflow may not have scheduled the
+        # capture yet, and a cancel then (rightly) skips it. Wait for the capture itself to be
+        # queued behind our lock.
+        await eventually(
+            waiting_on_lock(engine, "payments.ledger"),
+            what="the capture to wait on the payment ledger",
+        )
         response = await api.post(f"/orders/{order_id}/cancel", json={"reason": "changed my mind"})
         assert response.status_code == 202, response.text
         assert response.json()["cancel_requested"] is True

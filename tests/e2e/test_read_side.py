@@ -31,6 +31,7 @@ from tests.helpers import (
     stocked_sku,
     unique,
     wait_terminal,
+    waiting_on_lock,
 )
 
 pytestmark = pytest.mark.e2e
@@ -231,13 +232,16 @@ async def test_min_version_returns_as_soon_as_the_version_is_applied(
     async with engine.connect() as blocker:
         await blocker.execute(sa.text("LOCK TABLE readmodel.orders IN EXCLUSIVE MODE"))
         request = asyncio.create_task(api.get(f"/orders/{second}", params={"min_version": 5}))
-        await asyncio.sleep(1.0)  # deliberately: the request must still be waiting after it
-        assert not request.done()
 
         async def saga_done() -> bool | None:
             return True if await store.version(second) >= 5 else None
 
         await eventually(saga_done, 30, "the saga to record its last event")
+        await eventually(
+            waiting_on_lock(engine, "readmodel.orders"), 30, "the projector to wait on our lock"
+        )
+        # Every event is stored and the projector is held: the request must still be waiting.
+        assert not request.done()
         await blocker.rollback()  # from here on, only the projector's work remains
         loop = asyncio.get_running_loop()
         released = loop.time()

@@ -17,6 +17,7 @@ from ordersaga import bus
 from ordersaga.devstack import find_tool, free_port
 from ordersaga.eventstore import StoredEvent
 from ordersaga.settings import NatsSettings, Settings
+from tests.helpers import eventually
 
 
 def _event() -> StoredEvent:
@@ -58,14 +59,14 @@ async def test_a_jetstream_that_goes_down_fails_the_publish_within_its_timeout(
 ) -> None:
     server, url = own_nats
     settings = Settings(nats=NatsSettings(url=url, publish_timeout=1.0))
-    nc = None
-    for _ in range(50):  # the server needs a moment to listen
+
+    async def connected() -> NATS | None:  # the server needs a moment to listen
         try:
-            nc = await bus.connect(settings, "test")
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
-    assert nc is not None
+            return await bus.connect(settings, "test")
+        except (OSError, nats.errors.Error):
+            return None
+
+    nc = await eventually(connected, 10, "the nats-server to listen")
     try:
         await bus.setup(nc.jetstream(), settings)
         publisher = bus.EventPublisher(nc.jetstream(), settings)
