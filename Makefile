@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint bench clean
+.PHONY: setup dev test lint bench soak clean
 
 setup: $(VENV)/.installed
 
@@ -24,12 +24,17 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/saga_e2e.py
 	$(BIN)/python bench/event_store.py
 	$(BIN)/python bench/projector.py
+
+# Chaos soak: 1000 sagas while every part is killed and one server is down for over a minute.
+soak: setup
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .ordersaga

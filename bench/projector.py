@@ -42,10 +42,10 @@ from ordersaga.db import create_engine, create_pool
 from ordersaga.devstack import DevStack, isolated_settings
 from ordersaga.domain import Address, EventType, Order, OrderItem, placed_event_data
 from ordersaga.eventstore import EventStore, NewEvent, StoredEvent
-from ordersaga.projections import runner
-from ordersaga.projections.base import OrderEvent
-from ordersaga.projections.orders import _COLUMNS, _JSON_COLUMNS, LIVE_TABLE, apply
 from ordersaga.settings import Settings
+from projections import runner
+from projections.base import OrderEvent
+from projections.orders import COLUMNS, JSON_COLUMNS, LIVE_TABLE, apply
 
 CATCH_UP_GOAL = 0.5
 LAG_GOAL_MS = 250.0
@@ -107,16 +107,16 @@ async def seed(settings: Settings, n_events: int) -> None:
     await pool.close()
 
 
-_BARE_SELECT = f"SELECT {_COLUMNS} FROM {BARE_TABLE} WHERE order_id = ANY($1::text[])"
+_BARE_SELECT = f"SELECT {COLUMNS} FROM {BARE_TABLE} WHERE order_id = ANY($1::text[])"
 _BARE_UPSERT = f"""
-INSERT INTO {BARE_TABLE} ({_COLUMNS})
+INSERT INTO {BARE_TABLE} ({COLUMNS})
 VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10::jsonb, $11, $12)
 ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, version = excluded.version,
     failure_reason = excluded.failure_reason, timeline = excluded.timeline,
     updated_at = excluded.updated_at
 WHERE {BARE_TABLE}.version < excluded.version
 """
-_ORDER = [c.strip() for c in _COLUMNS.split(",")]
+_ORDER = [c.strip() for c in COLUMNS.split(",")]
 
 
 async def run_bare(settings: Settings, n: int, round_: int) -> float:
@@ -158,7 +158,7 @@ async def run_bare(settings: Settings, n: int, round_: int) -> float:
             await pg.executemany(
                 _BARE_UPSERT,
                 [
-                    [json.dumps(r[c]) if c in _JSON_COLUMNS else r[c] for c in _ORDER]
+                    [json.dumps(r[c]) if c in JSON_COLUMNS else r[c] for c in _ORDER]
                     for r in rows.values()
                 ],
             )

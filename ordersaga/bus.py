@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -34,7 +37,6 @@ from nats.js.errors import NotFoundError
 
 from ordersaga import events
 from ordersaga.eventstore import StoredEvent
-from ordersaga.projections import PROJECTIONS
 from ordersaga.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
             ns.partitioned_stream,
             ConsumerConfig(
                 durable_name=projector_durable(partition),
-                description=f"projections {', '.join(PROJECTIONS)}; partition {partition}",
+                description=f"every projection, partition {partition}",
                 filter_subject=partition_subject(settings, partition),
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
@@ -218,6 +220,22 @@ def _plain(value: object) -> object:
     return getattr(value, "value", value)
 
 
+# -- consuming ----------------------------------------------------------------------------------
+
+
+async def batches(
+    sub: JetStreamContext.PullSubscription, size: int, stop: asyncio.Event, wait: float = 1.0
+) -> AsyncIterator[list[Msg]]:
+    """Fetched batches of a pull subscription until `stop` is set; an empty wait yields nothing
+    (nats-py's `fetch` raises a timeout instead of returning `[]`)."""
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(size, timeout=wait)
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue
+        yield msgs
+
+
 # -- publishing ---------------------------------------------------------------------------------
 
 
@@ -226,7 +244,6 @@ class PublishStats:
     published: int = 0
     duplicates: int = 0
     failures: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class EventPublisher:
@@ -244,10 +261,6 @@ class EventPublisher:
         self._slots = asyncio.Semaphore(settings.nats.max_in_flight)
         self.stats = PublishStats()
 
-    @property
-    def duplicates(self) -> int:
-        return self.stats.duplicates
-
     async def publish(self, event: StoredEvent) -> PubAck:
         try:
             async with asyncio.timeout(self._timeout):
@@ -260,10 +273,8 @@ class EventPublisher:
                         timeout=self._timeout,
                         headers={"Nats-Msg-Id": event.event_id},
                     )
-        except Exception as error:
+        except Exception:
             self.stats.failures += 1
-            reason = type(error).__name__
-            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
             raise
         self.stats.published += 1
         if ack.duplicate:

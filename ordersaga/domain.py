@@ -1,7 +1,8 @@
 """Domain vocabulary shared by workflows, activities, projections and the API.
 
-Standard library only: the workflow sandbox imports this module.
-Money is an integer number of minor units (cents), so sums are exact.
+Standard library and temporalio's own types only: the workflow sandbox imports this module, and
+workflows import nothing else of the kernel. Money is an integer number of minor units (cents),
+so sums are exact.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from temporalio.common import SearchAttributeKey
 
 
 class OrderStatus(StrEnum):
@@ -22,7 +25,11 @@ class OrderStatus(StrEnum):
     REQUIRES_ATTENTION = "REQUIRES_ATTENTION"
 
 
-TERMINAL_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED})
+# Search attributes of every saga, so that the Temporal Web UI and `temporal workflow list` filter
+# by customer and status. The worker registers them; the embedded server starts with them.
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+SEARCH_ATTRIBUTES = (CUSTOMER_ID, ORDER_STATUS)
 
 
 class EventType(StrEnum):
@@ -85,6 +92,24 @@ BUSINESS_ERRORS: dict[str, type[BusinessError]] = {
 }
 
 
+# What the saga client (`workflows.client.SagaClient`) raises, whatever Temporal said: the API
+# maps these to HTTP in one handler, the CLI to one line and an exit code.
+class SagaError(Exception):
+    """A command or query to a saga did not go through."""
+
+
+class SagaNotFound(SagaError):
+    """No saga runs under this order's workflow id (it never started, or it has ended)."""
+
+
+class SagaRefused(SagaError):
+    """The saga refused the command in its present state (cancel after confirmation, ...)."""
+
+
+class SagaUnavailable(SagaError):
+    """Temporal or the worker did not answer in time: try again."""
+
+
 @dataclass(frozen=True)
 class OrderItem:
     sku: str
@@ -118,6 +143,9 @@ class Order:
 
 @dataclass(frozen=True)
 class SagaPolicy:
+    """The saga's retry policy: the `saga` section of the settings, and part of each workflow's
+    input, so a saga keeps the policy it started with (and tests can shorten it)."""
+
     step_max_attempts: int = 8
     compensation_max_attempts: int = 10
     initial_interval_s: float = 1.0
@@ -143,7 +171,6 @@ class StepInput:
 @dataclass(frozen=True)
 class StepResult:
     version: int
-    recorded: bool = True
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import asyncpg
 
@@ -165,8 +165,6 @@ _FEED = (
     "ORDER BY tx_id, position LIMIT $3"
 )
 
-S = TypeVar("S")
-
 
 def _json(value: Any) -> Any:
     # SQLAlchemy's pool installs a jsonb codec that decodes already; a plain asyncpg one does not.
@@ -217,6 +215,14 @@ class EventStore:
         """
         if self._notify_pending is None or self._notify_pending.done():
             self._notify_pending = asyncio.create_task(self._notify())
+
+    async def close(self) -> None:
+        """Drop a pending coalesced NOTIFY (subscribers poll too); call before closing the pool."""
+        pending, self._notify_pending = self._notify_pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
 
     async def _notify(self) -> None:
         await asyncio.sleep(self._notify_window)  # coalesce the appends of this window

@@ -1,22 +1,32 @@
-"""Helpers shared by the long-running processes' composition roots."""
+"""What every process's composition root shares: logging, a stop signal, and `Resources`, the one
+way a process opens what it holds (engine, pools, NATS, Temporal) and closes it in reverse order."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TypeVar
 
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.service import RPCError, RPCStatusCode
 
+from ordersaga import bus, db
+from ordersaga.domain import SEARCH_ATTRIBUTES
+from ordersaga.events import order_upcasters
+from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
 
-SEARCH_ATTRIBUTES = {
-    "CustomerId": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "OrderStatus": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-}
+T = TypeVar("T")
 
 
 def setup_logging(settings: Settings) -> None:
@@ -43,13 +53,89 @@ async def connect_temporal(settings: Settings) -> Client:
 
 
 async def ensure_search_attributes(client: Client, settings: Settings) -> None:
-    """Register CustomerId and OrderStatus (the embedded server has them from its flags)."""
+    """Register the saga's search attributes (the embedded server has them from its flags)."""
     try:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(
-                namespace=settings.temporal.namespace, search_attributes=SEARCH_ATTRIBUTES
+                namespace=settings.temporal.namespace,
+                search_attributes={
+                    key.name: IndexedValueType.ValueType(int(key.indexed_value_type))
+                    for key in SEARCH_ATTRIBUTES
+                },
             )
         )
     except RPCError as error:
         if error.status != RPCStatusCode.ALREADY_EXISTS:
             raise
+
+
+def search_attribute_flags() -> list[str]:
+    """`--search-attribute Name=Type` flags for the Temporal dev server."""
+    flags = []
+    for key in SEARCH_ATTRIBUTES:
+        kind = SearchAttributeIndexedValueType(key.indexed_value_type).name.title()
+        flags += ["--search-attribute", f"{key.name}={kind}"]
+    return flags
+
+
+class Resources:
+    """A process's connections, each opened on first use and closed (in reverse order) when the
+    `open_resources` block ends, however it ends."""
+
+    def __init__(self, settings: Settings, name: str, stack: AsyncExitStack) -> None:
+        self.settings = settings
+        self.name = name
+        self._stack = stack
+        self._engine: AsyncEngine | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._store: EventStore | None = None
+        self._nats: NATS | None = None
+        self._temporal: Client | None = None
+
+    def engine(self, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = db.create_engine(self.settings, pool_size=pool_size, pre_ping=pre_ping)
+            self._stack.push_async_callback(self._engine.dispose)
+        return self._engine
+
+    async def pool(self, *, size: int | None = None) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await db.create_pool(self.settings, size=size)
+            self._stack.push_async_callback(self._pool.close)
+        return self._pool
+
+    async def store(self, *, pool_size: int | None = None) -> EventStore:
+        """The event store (order upcasters) on this process's asyncpg pool."""
+        if self._store is None:
+            self._store = EventStore(await self.pool(size=pool_size), order_upcasters())
+            self._stack.push_async_callback(self._store.close)
+        return self._store
+
+    async def nats(self) -> NATS:
+        if self._nats is None:
+            self._nats = await bus.connect(self.settings, self.name)
+            self._stack.push_async_callback(self._nats.close)
+        return self._nats
+
+    async def jetstream(self, *, setup: bool = False) -> JetStreamContext:
+        """JetStream; with `setup`, the streams and consumers are applied first (bus.setup)."""
+        js = (await self.nats()).jetstream()
+        if setup:
+            await bus.setup(js, self.settings)
+        return js
+
+    async def temporal(self) -> Client:
+        # The SDK's client holds no resource that needs closing.
+        if self._temporal is None:
+            self._temporal = await connect_temporal(self.settings)
+        return self._temporal
+
+    async def enter(self, context: AbstractAsyncContextManager[T]) -> T:
+        """Enter a context of the process's own; it is exited with the rest, in reverse order."""
+        return await self._stack.enter_async_context(context)
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings, name: str) -> AsyncIterator[Resources]:
+    async with AsyncExitStack() as stack:
+        yield Resources(settings, name, stack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -9,6 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ordersaga.domain import SagaPolicy
+
+# A process started by another (the dev stack's children, the tests' CLI calls) gets the parent's
+# resolved settings whole, as JSON in this one variable, instead of one variable per field.
+SETTINGS_JSON_VAR = "ORDERSAGA_SETTINGS_JSON"
 
 # Default ports for the embedded stack sit away from the standard ones (5432, 4222, 7233, 8233,
 # 8000), so `ordersaga dev` runs beside servers that already use those.
@@ -88,16 +95,6 @@ class ApiSettings(BaseModel):
     min_version_poll_s: float = 1.0
 
 
-class SagaSettings(BaseModel):
-    """Retry policy of the saga, passed into each workflow so that tests can shorten it."""
-
-    step_max_attempts: int = 8
-    compensation_max_attempts: int = 10
-    initial_interval_s: float = 1.0
-    max_interval_s: float = 30.0
-    activity_timeout_s: float = 10.0
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ORDERSAGA_", env_nested_delimiter="__", extra="forbid"
@@ -109,7 +106,8 @@ class Settings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     temporal: TemporalSettings = TemporalSettings()
     api: ApiSettings = ApiSettings()
-    saga: SagaSettings = SagaSettings()
+    # The domain's own dataclass: ORDERSAGA_SAGA__STEP_MAX_ATTEMPTS and so on.
+    saga: SagaPolicy = SagaPolicy()
     projector: ProjectorSettings = ProjectorSettings()
     notifier: NotifierSettings = NotifierSettings()
 
@@ -129,8 +127,15 @@ class Settings(BaseSettings):
     def temporal_address(self) -> str:
         return self.temporal.address or f"127.0.0.1:{self.temporal.embedded_port}"
 
+    def as_child_env(self) -> dict[str, str]:
+        """The environment that hands a child process exactly these settings."""
+        return {SETTINGS_JSON_VAR: self.model_dump_json()}
+
 
 @lru_cache
 def get_settings() -> Settings:
     """Load settings once per process; a bad value fails here with pydantic's message."""
+    handed_down = os.environ.get(SETTINGS_JSON_VAR)
+    if handed_down:
+        return Settings.model_validate_json(handed_down)
     return Settings()

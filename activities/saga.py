@@ -1,0 +1,201 @@
+"""The saga's activities: call a participant, then record the outcome as the order's next event.
+
+Every activity is safe to retry as a whole: the participant is idempotent on the order id, the
+event id is derived from (order, version, type) so a second append stores nothing, and JetStream
+drops the second publish of the same `Nats-Msg-Id`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from ordersaga.bus import EventPublisher
+from ordersaga.domain import (
+    BusinessError,
+    EventType,
+    RecordInput,
+    StepInput,
+    StepResult,
+    event_id,
+)
+from ordersaga.eventstore import EventStore, NewEvent
+from ordersaga.participants import Inventory, Payments, Shipping, TransientParticipantError
+
+log = logging.getLogger(__name__)
+
+
+class OrderActivities:
+    def __init__(
+        self,
+        store: EventStore,
+        publisher: EventPublisher,
+        inventory: Inventory,
+        payments: Payments,
+        shipping: Shipping,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._inventory = inventory
+        self._payments = payments
+        self._shipping = shipping
+
+    async def _record(
+        self, order_id: str, expected_version: int, event_type: EventType, data: dict[str, Any]
+    ) -> int:
+        version = expected_version + 1
+        stored = await self._store.append(
+            order_id,
+            [NewEvent(event_id(order_id, version, event_type), event_type, data)],
+            expected_version,
+        )
+        for event in stored:
+            await self._publisher.publish(event)
+        return version
+
+    async def _failed(
+        self, step: StepInput, event_type: EventType, error: BusinessError
+    ) -> ApplicationError:
+        """Record a business failure, and build the non-retryable error that tells the workflow.
+
+        A refusal is an expected outcome, not a fault: one info line here, and the error is
+        BENIGN, so the SDK logs it at debug level without a traceback.
+        """
+        log.info(
+            "order %s: %s (%s)", step.order.order_id, event_type.short_name, error.reason.value
+        )
+        version = await self._record(
+            step.order.order_id,
+            step.expected_version,
+            event_type,
+            {"order_id": step.order.order_id, "reason": error.reason.value, "detail": str(error)},
+        )
+        return ApplicationError(
+            str(error),
+            {"version": version, "reason": error.reason.value},
+            type=type(error).__name__,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
+        )
+
+    @activity.defn
+    async def record_event(self, request: RecordInput) -> StepResult:
+        version = await self._record(
+            request.order_id, request.expected_version, EventType(request.event_type), request.data
+        )
+        return StepResult(version)
+
+    @activity.defn
+    async def reserve_inventory(self, step: StepInput) -> StepResult:
+        order = step.order
+        try:
+            reservation = await self._inventory.reserve(order.order_id, order.items)
+        except BusinessError as error:
+            raise await self._failed(step, EventType.INVENTORY_RESERVATION_FAILED, error) from error
+        version = await self._record(
+            order.order_id,
+            step.expected_version,
+            EventType.INVENTORY_RESERVED,
+            {"order_id": order.order_id, "lines": reservation.lines},
+        )
+        return StepResult(version)
+
+    @activity.defn
+    async def capture_payment(self, step: StepInput) -> StepResult:
+        order = step.order
+        try:
+            payment = await self._payments.capture(
+                order.order_id, order.payment_token, order.total, order.currency
+            )
+        except BusinessError as error:
+            raise await self._failed(step, EventType.PAYMENT_DECLINED, error) from error
+        except TransientParticipantError as error:
+            # Retryable: Temporal tries again with backoff; no event for a transient fault. One
+            # warning line per attempt, without the traceback of an expected failure.
+            log.warning("order %s: payment provider failed, retried: %s", order.order_id, error)
+            raise ApplicationError(
+                str(error),
+                type="TransientParticipantError",
+                category=ApplicationErrorCategory.BENIGN,
+            ) from error
+        version = await self._record(
+            order.order_id,
+            step.expected_version,
+            EventType.PAYMENT_CAPTURED,
+            {
+                "order_id": order.order_id,
+                "payment_id": payment.payment_id,
+                "amount": payment.amount,
+                "currency": payment.currency,
+            },
+        )
+        return StepResult(version)
+
+    @activity.defn
+    async def schedule_shipment(self, step: StepInput) -> StepResult:
+        order = step.order
+        try:
+            shipment = await self._shipping.schedule(order.order_id, order.shipping_address)
+        except BusinessError as error:
+            raise await self._failed(step, EventType.SHIPMENT_FAILED, error) from error
+        version = await self._record(
+            order.order_id,
+            step.expected_version,
+            EventType.SHIPMENT_SCHEDULED,
+            {
+                "order_id": order.order_id,
+                "shipment_id": shipment.shipment_id,
+                "country": shipment.country,
+            },
+        )
+        return StepResult(version)
+
+    # Compensations: each undoes its step if the participant holds anything for the order, and
+    # records that; when nothing is held (the step never took effect) there is no fact to record.
+
+    async def _undone(
+        self, step: StepInput, event_type: EventType, data: dict[str, Any] | None
+    ) -> StepResult:
+        if data is None:
+            return StepResult(step.expected_version)
+        data = {"order_id": step.order.order_id, **data}
+        version = await self._record(step.order.order_id, step.expected_version, event_type, data)
+        return StepResult(version)
+
+    @activity.defn
+    async def cancel_shipment(self, step: StepInput) -> StepResult:
+        shipment = await self._shipping.cancel(step.order.order_id)
+        data = None if shipment is None else {"shipment_id": shipment.shipment_id}
+        return await self._undone(step, EventType.SHIPMENT_CANCELLED, data)
+
+    @activity.defn
+    async def refund_payment(self, step: StepInput) -> StepResult:
+        refund = await self._payments.refund(step.order.order_id)
+        data = None
+        if refund is not None:
+            data = {
+                "payment_id": refund.payment_id,
+                "amount": refund.amount,
+                "currency": refund.currency,
+            }
+        return await self._undone(step, EventType.PAYMENT_REFUNDED, data)
+
+    @activity.defn
+    async def release_inventory(self, step: StepInput) -> StepResult:
+        released = await self._inventory.release(step.order.order_id)
+        data = None if released is None else {"lines": released.lines}
+        return await self._undone(step, EventType.INVENTORY_RELEASED, data)
+
+    def all(self) -> list[Any]:
+        return [
+            self.record_event,
+            self.reserve_inventory,
+            self.capture_payment,
+            self.schedule_shipment,
+            self.cancel_shipment,
+            self.refund_payment,
+            self.release_inventory,
+        ]

@@ -1,0 +1,46 @@
+"""Composition root of the worker process: it hosts the saga workflow and these activities.
+
+settings -> engine, event store -> NATS -> Temporal client -> Worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.worker import Worker
+
+from activities.participants import PostgresInventory, PostgresPayments, PostgresShipping
+from activities.saga import OrderActivities
+from ordersaga import bus, runtime
+from ordersaga.settings import Settings
+from workflows.order_saga import OrderSaga
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or runtime.stop_event()
+    async with runtime.open_resources(settings, "worker") as res:
+        engine = res.engine()
+        activities = OrderActivities(
+            await res.store(),
+            bus.EventPublisher(await res.jetstream(setup=True), settings),
+            PostgresInventory(engine),
+            PostgresPayments(engine),
+            PostgresShipping(engine),
+        )
+        client = await res.temporal()
+        await runtime.ensure_search_attributes(client, settings)
+        worker = Worker(
+            client,
+            task_queue=settings.temporal.task_queue,
+            workflows=[OrderSaga],
+            activities=activities.all(),
+            max_concurrent_activities=settings.temporal.max_concurrent_activities,
+            max_concurrent_workflow_tasks=settings.temporal.max_concurrent_workflow_tasks,
+            max_concurrent_local_activities=settings.temporal.max_concurrent_activities,
+        )
+        async with worker:
+            log.info("worker polling task queue %r", settings.temporal.task_queue)
+            await stop.wait()

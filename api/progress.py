@@ -1,0 +1,73 @@
+"""Read-your-writes: wait until a projection has applied what a client wrote, without sleeping.
+
+The projector runtime sends `NOTIFY projection_applied, '<projection>'` in the transaction that
+applies a batch; this listener wakes whoever waits on that projection to look again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from ordersaga import db
+from ordersaga.settings import Settings
+from projections.queries import APPLIED_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class AppliedWatch:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._conn: asyncpg.Connection | None = None
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        try:
+            self._conn = await db.connect(self._settings, "ordersaga-api-listen")
+            await self._conn.add_listener(APPLIED_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError) as error:
+            log.warning("no LISTEN connection (%s): min_version waits poll instead", error)
+            self._conn = None
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+
+    async def __aenter__(self) -> AppliedWatch:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        wakeup = self._wakeups.pop(payload, None)
+        if wakeup is not None:
+            wakeup.set()
+
+    async def wait_for(
+        self, projection: str, reached: Callable[[], Awaitable[bool]], timeout: float
+    ) -> bool:
+        """True once `reached()` is; False if `timeout` passes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # Take the wake-up before looking, so a commit between the two is not missed.
+            wakeup = self._wakeups.setdefault(projection, asyncio.Event())
+            if await reached():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                # A look every so often even without a notification: a listener may miss one.
+                await asyncio.wait_for(
+                    wakeup.wait(), min(remaining, self._settings.api.min_version_poll_s)
+                )

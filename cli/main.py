@@ -1,0 +1,306 @@
+"""`ordersaga`: the dev stack in one command, and each process on its own for production."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+
+from ordersaga.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from ordersaga.domain import SagaState
+    from ordersaga.runtime import Resources
+    from workflows.client import SagaClient
+
+T = TypeVar("T")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__
+)
+
+
+def _settings() -> Settings:
+    from ordersaga import runtime
+
+    settings = get_settings()
+    runtime.setup_logging(settings)
+    return settings
+
+
+@app.command()
+def dev(
+    ui: Annotated[bool, typer.Option(help="Serve the Temporal Web UI.")] = True,
+) -> None:
+    """Start Postgres, NATS, Temporal, the worker, projector, notifier and API; Ctrl-C stops all."""
+    from ordersaga import runtime
+    from ordersaga.devstack import DevStack, StackError
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = runtime.stop_event()
+        stack = DevStack(settings, ui=ui)
+        typer.echo(f"starting the embedded stack in {stack.data_dir} ...")
+        try:
+            await stack.start()
+        except StackError as error:
+            raise typer.Exit(_fail(str(error))) from error
+        width = max(len(name) for name, _ in stack.endpoints())
+        typer.echo("\nordersaga is running:")
+        for name, where in stack.endpoints():
+            typer.echo(f"  {name:<{width}}  {where}")
+        typer.echo("\nCtrl-C stops everything; data and in-flight sagas resume on the next start.")
+        await stop.wait()
+        typer.echo("stopping ...")
+        await stack.stop()
+        typer.echo("stopped.")
+
+    asyncio.run(main())
+
+
+def _fail(message: str) -> int:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return 1
+
+
+@app.command()
+def worker() -> None:
+    """Run the Temporal worker (saga workflow and participant activities)."""
+    from activities import worker as worker_process
+
+    asyncio.run(worker_process.run(_settings()))
+
+
+@app.command()
+def projector() -> None:
+    """Run a projector process: it claims a share of the partitions and applies every read
+    model on them (run several for scale-out; they rebalance as they come and go)."""
+    from projections import runner
+
+    asyncio.run(runner.run(_settings()))
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notification service (customer messages on confirmed and cancelled orders)."""
+    from projections import notifier as notifier_process
+
+    asyncio.run(notifier_process.run(_settings()))
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from activities.participants import PostgresInventory
+    from api.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings, make_inventory=PostgresInventory),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    down: Annotated[bool, typer.Option(help="Downgrade to REVISION instead.")] = False,
+) -> None:
+    """Apply (or revert) the database migrations."""
+    from ordersaga import migrations
+
+    settings = _settings()
+    if down:
+        migrations.downgrade(settings, revision)
+    else:
+        migrations.upgrade(settings, revision)
+
+
+def _run(main: Callable[[Resources], Awaitable[T]], name: str = "cli") -> T:
+    """Run one operator command with what it opens closed afterwards, whatever happens."""
+    from ordersaga import runtime
+
+    settings = _settings()
+
+    async def opened() -> T:
+        async with runtime.open_resources(settings, name) as res:
+            return await main(res)
+
+    return asyncio.run(opened())
+
+
+def _saga(call: Callable[[SagaClient], Awaitable[SagaState]]) -> None:
+    from ordersaga.domain import SagaError
+    from workflows.client import SagaClient
+
+    async def main(res: Resources) -> SagaState:
+        s = res.settings
+        temporal = await res.temporal()
+        return await call(SagaClient(temporal, s.temporal.task_queue, s.api.update_timeout))
+
+    try:
+        state = _run(main)
+    except SagaError as error:
+        raise typer.Exit(_fail(str(error))) from error
+    typer.echo(json.dumps(asdict(state), indent=2))
+
+
+@app.command()
+def status(order_id: str) -> None:
+    """Ask a running saga for its status (the workflow's own view)."""
+    _saga(lambda sagas: sagas.status(order_id))
+
+
+@app.command("retry-compensation")
+def retry_compensation(order_id: str) -> None:
+    """Operator action: retry the failed compensation of a REQUIRES_ATTENTION order."""
+    _saga(lambda sagas: sagas.retry_compensation(order_id))
+
+
+projections = typer.Typer(help="Read models: their lag, and rebuilding them from the event store.")
+app.add_typer(projections, name="projections")
+
+
+@projections.command("status")
+def projections_status() -> None:
+    """Lag (events not applied yet) per projection and partition, and open dead letters."""
+    from projections.status import projection_status
+
+    async def main(res: Resources) -> list[dict[str, object]]:
+        return await projection_status(await res.jetstream(), res.engine(pool_size=1), res.settings)
+
+    typer.echo(json.dumps(_run(main), indent=2))
+
+
+@projections.command("rebuild")
+def rebuild(
+    name: Annotated[str, typer.Argument(help="The read model: orders.")] = "orders",
+) -> None:
+    """Replay the event store into fresh tables and swap them in (the service may keep running)."""
+    from projections.rebuild import RebuildReport, rebuild_orders
+
+    if name != "orders":
+        raise typer.Exit(_fail(f"unknown read model {name!r}; there is: orders"))
+
+    async def main(res: Resources) -> RebuildReport:
+        return await rebuild_orders(res.engine(pool_size=2), await res.store(pool_size=2))
+
+    report = _run(main)
+    typer.echo(f"rebuilt orders: {report.events} events replayed, {report.orders} orders")
+
+
+bus_app = typer.Typer(help="The JetStream streams and consumers, as code.")
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.command("setup")
+def bus_setup() -> None:
+    """Create or update the streams and durable consumers (the worker, projector and notifier
+    also do at start)."""
+    from ordersaga import bus
+
+    async def main(res: Resources) -> list[str]:
+        return await bus.setup(await res.jetstream(), res.settings)
+
+    for line in _run(main):
+        typer.echo(line)
+
+
+@bus_app.command("describe")
+def bus_describe() -> None:
+    """What the server has: subjects, sources, retention, replicas, limits, consumers."""
+    from ordersaga import bus
+
+    async def main(res: Resources) -> dict[str, object]:
+        return await bus.describe(await res.jetstream(), res.settings)
+
+    typer.echo(json.dumps(_run(main), indent=2))
+
+
+deadletters = typer.Typer(help="Events a projection could not apply, and what waits behind them.")
+app.add_typer(deadletters, name="deadletters")
+
+
+@deadletters.command("list")
+def deadletters_list(
+    projection: Annotated[str | None, typer.Option(help="Only this projection.")] = None,
+    resolved: Annotated[bool, typer.Option("--all", help="Include resolved ones.")] = False,
+) -> None:
+    """Open dead letters: failed events, and later events of the same order waiting."""
+    from projections.deadletters import list_dead_letters
+
+    async def main(res: Resources) -> list[dict[str, object]]:
+        found = await list_dead_letters(res.engine(pool_size=1), projection, resolved=resolved)
+        return [d.as_dict() for d in found]
+
+    typer.echo(json.dumps(_run(main), indent=2))
+
+
+def _dead_letter_action(dead_letter_id: int, action: str) -> None:
+    from projections import deadletters as ops
+    from projections.deadletters import DeadLetterError
+    from projections.runner import appliers
+
+    async def main(res: Resources) -> str:
+        engine = res.engine(pool_size=2)
+        by_name = appliers(await res.store(pool_size=2))
+        if action == "retry":
+            n = await ops.retry(engine, by_name, dead_letter_id)
+            return f"retried: {n} event(s) of the order applied"
+        return await ops.discard(engine, by_name, dead_letter_id)
+
+    try:
+        typer.echo(_run(main))
+    except DeadLetterError as error:
+        raise typer.Exit(_fail(str(error))) from error
+
+
+@deadletters.command("retry")
+def deadletters_retry(dead_letter_id: int) -> None:
+    """Apply the dead letter's order again (after a fix), with the events parked behind it."""
+    _dead_letter_action(dead_letter_id, "retry")
+
+
+@deadletters.command("discard")
+def deadletters_discard(dead_letter_id: int) -> None:
+    """Skip this event for its projection; the order's parked events then apply."""
+    _dead_letter_action(dead_letter_id, "discard")
+
+
+events_app = typer.Typer(help="The order events on the bus.")
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("tail")
+def events_tail(
+    order: Annotated[str | None, typer.Option(help="Only this order id.")] = None,
+    type_: Annotated[
+        str | None, typer.Option("--type", help="Only this type: order.confirmed or confirmed.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Start this far back: 90s, 15m, 1h, 2d. Default: new only.")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print whole CloudEvents.")] = False,
+) -> None:
+    """Print events as they arrive, decoded (like `nats sub 'orders.>'`, but readable)."""
+    from projections import tail
+
+    settings = _settings()
+    try:
+        query = tail.TailQuery.parse(settings, order, type_, since)
+    except ValueError as error:
+        raise typer.Exit(_fail(str(error))) from error
+    asyncio.run(tail.tail(settings, query, count, as_json, typer.echo))
+
+
+def main() -> None:
+    app()

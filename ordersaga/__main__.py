@@ -1,3 +1,0 @@
-from ordersaga.cli import main
-
-main()

@@ -1,0 +1,72 @@
+"""Ports for a stack of its own: free now, below the kernel's ephemeral range."""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+from ordersaga.domain import SagaPolicy
+from ordersaga.settings import (
+    ApiSettings,
+    DatabaseSettings,
+    NatsSettings,
+    ProjectorSettings,
+    Settings,
+    TemporalSettings,
+)
+
+# Ports this process promised to a server already: free until that server binds them.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range.
+
+    A port the kernel handed out (bind to 0) is in the ephemeral range, where any outgoing
+    connection may take it before our server binds it, say when a stack restarts on the same
+    ports (seen in CI: "address already in use" for the API).
+    """
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(20_000, max(floor, 20_001))
+        if port in _HANDED_OUT:
+            continue  # free now, but promised to a server of this process already
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as sock:  # a crowded machine: take what the kernel gives
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something on this machine accepts connections on `port` (127.0.0.1)."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def isolated_settings(
+    data_dir: Path, saga: SagaPolicy | None = None, projector: ProjectorSettings | None = None
+) -> Settings:
+    """A stack of its own (tests, benchmarks): every port free right now, data in `data_dir`."""
+    return Settings(
+        data_dir=data_dir,
+        database=DatabaseSettings(embedded_port=free_port()),
+        nats=NatsSettings(embedded_port=free_port(), embedded_monitor_port=free_port()),
+        temporal=TemporalSettings(embedded_port=free_port(), embedded_ui_port=free_port()),
+        api=ApiSettings(port=free_port()),
+        saga=saga or SagaPolicy(),
+        projector=projector or ProjectorSettings(),
+    )

@@ -1,0 +1,148 @@
+"""The servers of the embedded stack, each a `Managed` child with its readiness probe: Postgres
+from the pgserver wheel, nats-server and the Temporal dev server from theirs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import httpx
+from temporalio.client import Client
+
+from ordersaga.devstack.supervisor import Managed, StackError, as_user
+from ordersaga.runtime import search_attribute_flags
+from ordersaga.settings import Settings
+
+PG_SYSTEM_USER = "pgserver"  # the same user the pgserver wheel itself runs Postgres as under root
+
+
+def find_tool(name: str) -> str:
+    # The wheel's binary beside this interpreter first: a system-wide server of the same name
+    # may be older, or lack what we rely on.
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise StackError(f"{name!r} not found: is the project installed (make dev)?")
+    return found
+
+
+def _postgres_bin() -> Path:
+    # Located without importing pgserver, whose import-time side effects we do not need.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("the pgserver wheel is not installed; set ORDERSAGA_DATABASE__URL instead")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _ensure_pg_user(pgdata: Path, bindir: Path) -> None:
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin",
+             PG_SYSTEM_USER],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    # The user must be able to reach the data directory and the binaries.
+    for path in [pgdata.parent, bindir]:
+        path.mkdir(parents=True, exist_ok=True)
+        for prefix in [path, *path.parents]:
+            mode = prefix.stat().st_mode
+            if mode & 0o005 != 0o005:
+                prefix.chmod(mode | 0o005)
+
+
+def postgres(settings: Settings, data_dir: Path) -> Managed:
+    """Postgres on `database.embedded_port`, its cluster in `data_dir/postgres` (made if new);
+    ready once it accepts connections and the `ordersaga` database exists."""
+    port = settings.database.embedded_port
+    pgdata = data_dir / "postgres"
+    bindir = _postgres_bin()
+    user = None
+    if os.geteuid() == 0:
+        # Postgres refuses to run as root; run it as an unprivileged user, as pgserver does.
+        user = PG_SYSTEM_USER
+        _ensure_pg_user(pgdata, bindir)
+    if not (pgdata / "PG_VERSION").exists():
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if user:
+            shutil.chown(pgdata, user, user)
+        init = subprocess.run(
+            [str(bindir / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres",
+             "--encoding=UTF8", "--no-sync"],
+            capture_output=True, text=True, **as_user(user),
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise StackError(f"initdb failed in {pgdata}:\n{init.stdout}{init.stderr}")
+
+    async def ready() -> bool:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=2
+        )
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname='ordersaga'")
+            if not exists:
+                await conn.execute("CREATE DATABASE ordersaga")
+        finally:
+            await conn.close()
+        return True
+
+    return Managed(
+        "postgres",
+        [str(bindir / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
+         "-c", "unix_socket_directories=", "-c", "max_connections=300",
+         "-c", "shared_buffers=128MB"],
+        data_dir / "logs" / "postgres.log",
+        ready,
+        user=user,
+        stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, checkpoint
+    )  # fmt: skip
+
+
+def nats(settings: Settings, data_dir: Path) -> Managed:
+    """nats-server with JetStream in `data_dir/nats`; ready once its monitor says JetStream is."""
+    ns = settings.nats
+    monitor = f"http://127.0.0.1:{ns.embedded_monitor_port}/healthz?js-enabled-only=true"
+
+    async def ready() -> bool:
+        async with httpx.AsyncClient(timeout=2) as http:
+            return (await http.get(monitor)).status_code == 200
+
+    return Managed(
+        "nats",
+        [find_tool("nats-server"), "-a", "127.0.0.1", "-p", str(ns.embedded_port),
+         "-m", str(ns.embedded_monitor_port), "-js", "-sd", str(data_dir / "nats"),
+         "--server_name", "ordersaga-dev"],
+        data_dir / "logs" / "nats.log",
+        ready,
+    )  # fmt: skip
+
+
+def temporal(settings: Settings, data_dir: Path, *, ui: bool) -> Managed:
+    """The Temporal dev server (SQLite in `data_dir/temporal.db`) with the namespace and the
+    search attributes the saga uses; ready once its health check passes."""
+    ts = settings.temporal
+    address = f"127.0.0.1:{ts.embedded_port}"
+    argv = [
+        find_tool("temporal"), "server", "start-dev",
+        "--ip", "127.0.0.1", "--port", str(ts.embedded_port),
+        "--ui-port", str(ts.embedded_ui_port),
+        "--db-filename", str(data_dir / "temporal.db"),
+        "--namespace", ts.namespace,
+        *search_attribute_flags(),
+        "--log-level", "warn",
+    ]  # fmt: skip
+    if not ui:
+        argv.append("--headless")
+
+    async def ready() -> bool:
+        client = await Client.connect(address, namespace=ts.namespace)
+        return await client.service_client.check_health()
+
+    return Managed("temporal", argv, data_dir / "logs" / "temporal.log", ready)

@@ -1,0 +1,177 @@
+"""DevStack: the servers, then the service processes, started in dependency order and supervised
+by one asyncio program; stopped in reverse order.
+
+`ordersaga dev` runs it in the foreground; the test suite and the benchmarks start the very same
+stack on free ports in a temporary data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import httpx
+
+from ordersaga.devstack import servers
+from ordersaga.devstack.ports import port_in_use
+from ordersaga.devstack.supervisor import Managed, StackError
+from ordersaga.settings import Settings
+
+# The service processes are commands of the CLI, a package of the application: named, not imported.
+CLI_MODULE = "cli"
+
+
+class DevStack:
+    """Starts what the settings do not point elsewhere, in dependency order; stops in reverse."""
+
+    SERVERS = ("postgres", "nats", "temporal")
+    APPS = ("worker", "projector", "notifier", "api")
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        apps: bool | tuple[str, ...] = True,
+        ui: bool = True,
+        servers: tuple[str, ...] = SERVERS,
+    ) -> None:
+        self.base = settings
+        self.servers = servers
+        self.data_dir: Path = settings.data_dir.resolve()
+        # Which service processes to run: all (True), none (False), or the ones named.
+        self.apps: tuple[str, ...] = (
+            self.APPS if apps is True else () if apps is False else tuple(apps)
+        )
+        self.ui = ui
+        self.parts: dict[str, Managed] = {}
+        self.settings = settings  # resolved (explicit URLs) once started
+        self._supervisors: list[asyncio.Task[None]] = []
+
+    def _app(self, command: str, ready: Callable[[], Awaitable[bool]]) -> Managed:
+        # The resolved settings, whole: the child reads them back in get_settings().
+        return Managed(
+            command,
+            [sys.executable, "-m", CLI_MODULE, command],
+            self.data_dir / "logs" / f"{command}.log",
+            ready,
+            env={**os.environ, **self.settings.as_child_env()},
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> Settings:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        base = self.base
+        infra: list[Managed] = []
+        updates: dict[str, object] = {}
+        if base.database.url is None and "postgres" in self.servers:
+            infra.append(servers.postgres(base, self.data_dir))
+            updates["database"] = base.database.model_copy(update={"url": base.database_url()})
+        if base.nats.url is None and "nats" in self.servers:
+            infra.append(servers.nats(base, self.data_dir))
+            updates["nats"] = base.nats.model_copy(update={"url": base.nats_url()})
+        if base.temporal.address is None and "temporal" in self.servers:
+            infra.append(servers.temporal(base, self.data_dir, ui=self.ui))
+            updates["temporal"] = base.temporal.model_copy(
+                update={"address": base.temporal_address()}
+            )
+        self.settings = base.model_copy(update=updates)
+        self._check_ports()
+        try:
+            # The three servers do not depend on each other: start them side by side.
+            for part in infra:
+                self.parts[part.name] = part
+                await part.spawn()
+            await asyncio.gather(*(part.wait_ready() for part in infra))
+            from ordersaga import migrations
+
+            await asyncio.to_thread(migrations.upgrade, self.settings)
+            if self.apps:
+                await self._start_apps()
+        except BaseException:
+            await self.stop()
+            raise
+        self._supervise(self.parts.values())
+        return self.settings
+
+    async def start_apps(self, names: tuple[str, ...]) -> None:
+        """Start (more) service processes on the running servers, e.g. after a benchmark's setup."""
+        self.apps = tuple(dict.fromkeys(self.apps + names))
+        await self._start_apps(names)
+        self._supervise(self.parts[n] for n in names)
+
+    def _supervise(self, parts: Iterable[Managed]) -> None:
+        self._supervisors += [
+            asyncio.create_task(part.supervise(), name=f"supervise {part.name}") for part in parts
+        ]
+
+    async def _start_apps(self, names: tuple[str, ...] | None = None) -> None:
+        api = self.settings.api
+        health = f"http://{api.host}:{api.port}/healthz"
+
+        async def api_ready() -> bool:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(health)).status_code == 200
+
+        async def started() -> bool:
+            return True
+
+        apps = [
+            self._app(name, api_ready if name == "api" else started)
+            for name in self.APPS
+            if name in (self.apps if names is None else names)
+        ]
+        for part in apps:
+            self.parts[part.name] = part
+            await part.spawn()
+        await asyncio.gather(*(part.wait_ready() for part in apps))
+
+    def _check_ports(self) -> None:
+        s = self.base
+        wanted = []
+        if s.database.url is None and "postgres" in self.servers:
+            wanted.append(("ORDERSAGA_DATABASE__EMBEDDED_PORT", s.database.embedded_port))
+        if s.nats.url is None and "nats" in self.servers:
+            wanted += [
+                ("ORDERSAGA_NATS__EMBEDDED_PORT", s.nats.embedded_port),
+                ("ORDERSAGA_NATS__EMBEDDED_MONITOR_PORT", s.nats.embedded_monitor_port),
+            ]
+        if s.temporal.address is None and "temporal" in self.servers:
+            wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_PORT", s.temporal.embedded_port))
+            if self.ui:
+                wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_UI_PORT", s.temporal.embedded_ui_port))
+        if "api" in self.apps:
+            wanted.append(("ORDERSAGA_API__PORT", s.api.port))
+        busy = [f"{port} ({var})" for var, port in wanted if port_in_use(port)]
+        if busy:
+            raise StackError(
+                "ports already in use: " + ", ".join(busy) + ". Stop what listens there "
+                "(another `ordersaga dev`?) or choose other ports with those variables."
+            )
+
+    async def stop(self) -> None:
+        # The supervisors first, so that nothing restarts what is being stopped.
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        self._supervisors.clear()
+        for part in reversed(list(self.parts.values())):
+            await part.stop()
+        self.parts.clear()
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        s = self.settings
+        rows = []
+        if "api" in self.parts:
+            base = f"http://{s.api.host}:{s.api.port}"
+            rows += [("API", base), ("API docs (OpenAPI)", f"{base}/docs")]
+        rows.append(("Temporal server", s.temporal_address()))
+        if "temporal" in self.parts and self.ui:
+            rows.append(("Temporal Web UI", f"http://127.0.0.1:{s.temporal.embedded_ui_port}"))
+        rows.append(("NATS", s.nats_url()))
+        rows.append(("Postgres", s.database_url().replace("+asyncpg", "")))
+        rows.append(("Data and logs", str(self.data_dir)))
+        return rows

@@ -1,0 +1,63 @@
+"""Read model: each customer's order history (`GET /customers/{id}/orders`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from projections.base import STATUS_ON, OrderEvent, apply_rows, check
+
+_COLUMNS = (
+    "order_id, customer_id, status, total, currency, item_count, version, placed_at, updated_at"
+)
+
+
+class CustomerOrdersProjection:
+    """One row per order under its customer: what a "my orders" page lists."""
+
+    name = "customer_orders"
+    event_types = frozenset(STATUS_ON)
+
+    _select = sa.text(
+        f"SELECT {_COLUMNS} FROM readmodel.customer_orders WHERE order_id = ANY(:ids) "
+        "ORDER BY order_id FOR UPDATE"
+    )
+    _upsert = sa.text(
+        f"""
+        INSERT INTO readmodel.customer_orders ({_COLUMNS})
+        VALUES (:order_id, :customer_id, :status, :total, :currency, :item_count, :version,
+                :placed_at, :updated_at)
+        ON CONFLICT (order_id) DO UPDATE SET
+            status = excluded.status, version = excluded.version,
+            updated_at = excluded.updated_at
+        WHERE readmodel.customer_orders.version < excluded.version
+        """
+    )
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
+        await apply_rows(conn, events, self._select, self._upsert, fold)
+
+
+def fold(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:
+    check(row, event, STATUS_ON)
+    if row is None:
+        d = event.data
+        row = {
+            "order_id": event.order_id,
+            "customer_id": d["customer_id"],
+            "total": d["total"],
+            "currency": d["currency"],
+            "item_count": sum(int(i["quantity"]) for i in d["items"]),
+            "placed_at": event.occurred_at,
+        }
+    else:
+        row = dict(row)
+    status = STATUS_ON[event.event_type]
+    if status is not None:
+        row["status"] = status.value
+    row["version"] = event.version
+    row["updated_at"] = event.occurred_at
+    return row

@@ -1,0 +1,138 @@
+"""The read side as the API sees it: every query over the read models, in one module.
+
+The API imports nothing else of `projections/`: tables and folds can change behind these
+functions. Pages are keyset-paged, newest first, with an opaque cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ordersaga.domain import OrderStatus
+from projections.orders import COLUMNS as ORDER_COLUMNS
+from projections.orders import LIVE_TABLE as ORDERS_TABLE
+from projections.status import projection_status
+
+__all__ = [
+    "APPLIED_CHANNEL",
+    "InvalidCursor",
+    "Page",
+    "customer_orders",
+    "get_order",
+    "list_orders",
+    "projection_status",
+    "sales",
+]
+
+# The projector sends `NOTIFY projection_applied, '<projection>'` in the transaction that applies
+# a batch: a read-your-writes waiter listens here.
+APPLIED_CHANNEL = "projection_applied"
+
+Row = dict[str, Any]
+
+
+class InvalidCursor(ValueError):
+    """A cursor this API did not hand out."""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Row]
+    next_cursor: str | None
+
+
+def _encode_cursor(placed_at: datetime, order_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{placed_at.isoformat()}|{order_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        placed_at, order_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(placed_at), order_id
+    except (ValueError, binascii.Error, UnicodeError) as error:
+        raise InvalidCursor("cursor is not one this API handed out") from error
+
+
+async def _page(
+    engine: AsyncEngine, table: str, columns: str, where: list[str], params: dict[str, Any],
+    limit: int, cursor: str | None,
+) -> Page:  # fmt: skip
+    """Newest first on (placed_at, order_id), so pages stay stable while orders arrive."""
+    where = list(where)
+    params = {**params, "limit": limit + 1}
+    if cursor is not None:
+        where.append("(placed_at, order_id) < (:after_at, :after_id)")
+        params["after_at"], params["after_id"] = _decode_cursor(cursor)
+    query = sa.text(
+        f"SELECT {columns} FROM {table} WHERE {' AND '.join(where) or 'true'} "
+        "ORDER BY placed_at DESC, order_id DESC LIMIT :limit"
+    )
+    async with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(query, params)]
+    if len(rows) <= limit:
+        return Page(rows, None)
+    rows = rows[:limit]
+    return Page(rows, _encode_cursor(rows[-1]["placed_at"], rows[-1]["order_id"]))
+
+
+async def get_order(engine: AsyncEngine, order_id: str) -> Row | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text(f"SELECT {ORDER_COLUMNS} FROM {ORDERS_TABLE} WHERE order_id = :o"),
+                {"o": order_id},
+            )
+        ).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+async def list_orders(
+    engine: AsyncEngine,
+    customer_id: str | None,
+    status: OrderStatus | None,
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if customer_id is not None:
+        where.append("customer_id = :customer_id")
+        params["customer_id"] = customer_id
+    if status is not None:
+        where.append("status = :status")
+        params["status"] = status.value
+    return await _page(engine, ORDERS_TABLE, ORDER_COLUMNS, where, params, limit, cursor)
+
+
+_CUSTOMER_COLUMNS = "order_id, status, total, currency, item_count, version, placed_at, updated_at"
+
+
+async def customer_orders(
+    engine: AsyncEngine, customer_id: str, limit: int, cursor: str | None
+) -> Page:
+    """A customer's history, from its own read model."""
+    return await _page(
+        engine, "readmodel.customer_orders", _CUSTOMER_COLUMNS, ["customer_id = :c"],
+        {"c": customer_id}, limit, cursor,
+    )  # fmt: skip
+
+
+async def sales(engine: AsyncEngine, first: date, last: date, sku: str | None) -> list[Row]:
+    """Rows of `readmodel.sales_daily` from `first` to `last` (inclusive), by day, SKU, currency."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            sa.text(
+                "SELECT day, sku, currency, orders, units, revenue FROM readmodel.sales_daily "
+                "WHERE day BETWEEN :f AND :t AND (CAST(:sku AS text) IS NULL OR sku = :sku) "
+                "ORDER BY day, sku, currency"
+            ),
+            {"f": first, "t": last, "sku": sku},
+        )
+        return [dict(r._mapping) for r in found]

@@ -1,0 +1,366 @@
+"""The projector runtime every projection shares.
+
+`Applier` is the transactional core: per projection and order it keeps a checkpoint (the last
+stream version applied), locks it while the order's events apply, skips what it has, fills a
+gap from the event store, and holds back the events of an order that has an unresolved dead
+letter. `PartitionConsumer` feeds it from one durable pull consumer: a fetched batch applies in
+one transaction (read model + checkpoints + progress), then is acked; a batch that fails is
+retried order by order and event by event, so one poison event holds back only its own order.
+An event that keeps failing is dead-lettered after `max_attempts` deliveries, with the order's
+later events parked behind it, until `ordersaga deadletters retry|discard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ordersaga import bus, events
+from ordersaga.eventstore import EventStore
+from ordersaga.settings import ProjectorSettings
+from projections.base import OrderEvent, Projection, ProjectionError
+from projections.queries import APPLIED_CHANNEL
+
+log = logging.getLogger(__name__)
+
+# An observer sees what each committed batch applied (metrics, benchmarks).
+Observer = Callable[[str, Sequence[OrderEvent]], None]
+
+# One round trip: creates the orders' checkpoints or locks the existing ones (DO UPDATE takes
+# the row lock, waiting for a concurrent holder), and returns each order's version and its
+# lowest unresolved dead letter. Keys in sorted order, so that batches lock in the same order.
+_LOCK_CHECKPOINTS = sa.text(
+    """
+    INSERT INTO projections.checkpoints AS c (order_id, projection, version)
+    SELECT o, :p, 0 FROM unnest(CAST(:ids AS text[])) AS o ORDER BY o
+    ON CONFLICT (order_id, projection) DO UPDATE SET version = c.version
+    RETURNING c.order_id, c.version,
+        (SELECT min(d.version) FROM projections.dead_letters AS d
+          WHERE d.projection = c.projection AND d.order_id = c.order_id
+            AND d.resolved_at IS NULL) AS blocked_at
+    """
+)
+_MOVE_CHECKPOINTS = sa.text(
+    "UPDATE projections.checkpoints AS c SET version = n.version "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:versions AS integer[])) AS n(order_id, version) "
+    "WHERE c.order_id = n.order_id AND c.projection = :p"
+)
+_DISCARDED = sa.text(
+    "SELECT version FROM projections.dead_letters "
+    "WHERE projection = :p AND order_id = :o AND state = 'discarded'"
+)
+# The partition's progress, and (when something was applied) a NOTIFY that wakes
+# read-your-writes waiters once this transaction commits: one round trip.
+_PROGRESS = sa.text(
+    f"""
+    WITH moved AS (
+        INSERT INTO projections.progress AS g
+            (projection, partition, stream_seq, event_time, applied_at)
+        VALUES (:p, :part, :seq, :at, now())
+        ON CONFLICT (projection, partition) DO UPDATE SET
+            stream_seq = GREATEST(g.stream_seq, excluded.stream_seq),
+            event_time = excluded.event_time, applied_at = now()
+        RETURNING 1)
+    SELECT CASE WHEN CAST(:notify AS boolean) THEN pg_notify('{APPLIED_CHANNEL}', :p) END
+    FROM moved
+    """
+)
+_DEAD_LETTER = sa.text(
+    "INSERT INTO projections.dead_letters (projection, order_id, version, event_id, event_type, "
+    "subject, stream_seq, deliveries, payload, error, state) VALUES (:projection, :order_id, "
+    ":version, :event_id, :event_type, :subject, :stream_seq, :deliveries, :payload, :error, "
+    ":state) ON CONFLICT (projection, event_id) DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    applied: list[OrderEvent]
+    held: list[OrderEvent]  # behind an unresolved dead letter of their order
+
+
+class Applier:
+    def __init__(self, projection: Projection, store: EventStore) -> None:
+        self.projection = projection
+        self.name = projection.name
+        self._store = store
+
+    async def apply(
+        self, conn: AsyncConnection, batch: Sequence[OrderEvent], *, release: bool = False
+    ) -> Outcome:
+        """Apply what is new in `batch` (any orders, any order), inside the caller's transaction.
+
+        `release`: apply even for orders with an unresolved dead letter (an operator's retry).
+        """
+        if not batch:
+            return Outcome([], [])
+        p = self.name
+        by_order: dict[str, dict[int, OrderEvent]] = defaultdict(dict)
+        for event in batch:
+            by_order[event.order_id][event.version] = event
+        ids = sorted(by_order)
+        found = (await conn.execute(_LOCK_CHECKPOINTS, {"p": p, "ids": ids})).all()
+        checkpoints = {r.order_id: int(r.version) for r in found}
+        # Per order with an unresolved dead letter, its lowest version: what comes before it
+        # still applies (a late event), what comes after it waits.
+        blocked: dict[str, int] = {}
+        if not release:
+            blocked = {r.order_id: int(r.blocked_at) for r in found if r.blocked_at is not None}
+        applied: list[OrderEvent] = []
+        held: list[OrderEvent] = []
+        moved: dict[str, int] = {}
+        for order_id in ids:
+            versions = by_order[order_id]
+            if order_id in blocked:
+                held.extend(versions[v] for v in sorted(versions) if v >= blocked[order_id])
+                versions = {v: e for v, e in versions.items() if v < blocked[order_id]}
+            done = checkpoints[order_id]
+            fresh = sorted(v for v in versions if v > done)
+            if not fresh:
+                continue  # a redelivery: applied already
+            missing = [v for v in range(done + 1, fresh[-1]) if v not in versions]
+            if missing:
+                versions = dict(versions)
+                versions.update(await self._fill(conn, order_id, missing))
+            sequence = [versions[v] for v in sorted(versions) if v > done]
+            applied.extend(sequence)
+            moved[order_id] = sequence[-1].version
+        wanted = [e for e in applied if e.event_type in self.projection.event_types]
+        if wanted:
+            await self.projection.apply(conn, wanted)
+        if moved:
+            await conn.execute(
+                _MOVE_CHECKPOINTS,
+                {"p": p, "ids": list(moved), "versions": list(moved.values())},
+            )
+        return Outcome(applied, held)
+
+    async def _fill(
+        self, conn: AsyncConnection, order_id: str, missing: list[int]
+    ) -> dict[int, OrderEvent]:
+        """Events that have not arrived (yet) come from the store, the source of truth."""
+        discarded = {
+            int(r.version) for r in await conn.execute(_DISCARDED, {"p": self.name, "o": order_id})
+        }
+        wanted = set(missing) - discarded
+        if not wanted:
+            return {}
+        stored = await self._store.read_stream(order_id, min(wanted), max(wanted))
+        filled = {e.version: OrderEvent.from_stored(e) for e in stored if e.version in wanted}
+        if len(filled) != len(wanted):
+            absent = sorted(wanted - set(filled))
+            raise ProjectionError(f"order {order_id}: versions {absent} are not in the event store")
+        return filled
+
+
+@dataclass
+class Delivery:
+    msg: Msg
+    event: OrderEvent | None
+    error: str | None = None
+
+    @property
+    def seq(self) -> int:
+        return int(self.msg.metadata.sequence.stream)
+
+    @property
+    def deliveries(self) -> int:
+        return int(self.msg.metadata.num_delivered or 1)
+
+    @property
+    def order_id(self) -> str:
+        if self.event is not None:
+            return self.event.order_id
+        tokens = self.msg.subject.split(".")  # <prefix>.<partition>.<order_id>.<event>
+        return tokens[-2] if len(tokens) >= 3 else self.msg.subject
+
+    @classmethod
+    def of(cls, msg: Msg) -> Delivery:
+        try:
+            return cls(msg, OrderEvent.from_cloudevent(events.decode(msg.data)))
+        except Exception as error:  # whatever is wrong with it, it is poison
+            return cls(msg, None, f"undecodable: {type(error).__name__}: {error}")
+
+
+def dead_letter_row(
+    projection: str, delivery: Delivery, error: str, state: str
+) -> dict[str, object]:
+    event = delivery.event
+    headers = delivery.msg.headers or {}
+    return {
+        "projection": projection,
+        "order_id": delivery.order_id,
+        "version": event.version if event else 0,
+        "event_id": event.event_id if event else headers.get("Nats-Msg-Id", f"seq-{delivery.seq}"),
+        "event_type": event.event_type if event else None,
+        "subject": delivery.msg.subject,
+        "stream_seq": delivery.seq,
+        "deliveries": delivery.deliveries,
+        "payload": delivery.msg.data,
+        "error": error[:4000],
+        "state": state,
+    }
+
+
+class PartitionConsumer:
+    """Every projection on one partition: fetch, apply them all in one transaction, ack.
+
+    One durable consumer and one transaction per batch serve all projections, so a saga's
+    event costs one delivery and one commit however many read models it feeds. Each projection
+    keeps its own checkpoints and dead letters: when one fails on an event (in its own
+    savepoint), the others still apply it, and only the failing one retries or parks the order.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        appliers: Sequence[Applier],
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        partition: int,
+        settings: ProjectorSettings,
+        observer: Observer | None = None,
+    ) -> None:
+        self._engine = engine
+        self._appliers = list(appliers)
+        self._js = js
+        self._stream = stream
+        self.durable = durable
+        self.partition = partition
+        self._settings = settings
+        self._observer = observer
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self._js.pull_subscribe_bind(self.durable, self._stream)
+        try:
+            async for msgs in bus.batches(sub, self._settings.batch, stop):
+                await self.handle([Delivery.of(m) for m in msgs])
+        finally:
+            await sub.unsubscribe()
+
+    async def handle(self, deliveries: list[Delivery]) -> None:
+        broken = [d for d in deliveries if d.event is None]
+        for delivery in broken:
+            # Undecodable is undecodable on every delivery: dead-letter it at once.
+            names = [a.name for a in self._appliers]
+            await self._dead_letter(delivery, names, delivery.error or "undecodable")
+            await delivery.msg.ack()
+        good = [d for d in deliveries if d.event is not None]
+        if not good:
+            return
+        try:
+            await self._commit(good)
+        except Exception as error:  # isolate the culprit below
+            log.warning(
+                "%s: batch of %d failed (%s); retrying it order by order",
+                self.durable, len(good), error,
+            )  # fmt: skip
+            await self._isolate(good)
+
+    async def _apply(
+        self, conn: AsyncConnection, applier: Applier, deliveries: list[Delivery]
+    ) -> Outcome:
+        """One projection's share of the transaction: apply, park what waits, note progress."""
+        outcome = await applier.apply(conn, [d.event for d in deliveries if d.event is not None])
+        if outcome.held:
+            held = {(e.order_id, e.version) for e in outcome.held}
+            await conn.execute(
+                _DEAD_LETTER,
+                [
+                    dead_letter_row(applier.name, d, "waiting behind a dead letter", "waiting")
+                    for d in deliveries
+                    if d.event is not None and (d.event.order_id, d.event.version) in held
+                ],
+            )
+        last = max(deliveries, key=lambda d: d.seq)
+        assert last.event is not None
+        await conn.execute(
+            _PROGRESS,
+            {
+                "p": applier.name,
+                "part": self.partition,
+                "seq": last.seq,
+                "at": last.event.occurred_at,
+                "notify": bool(outcome.applied),
+            },
+        )
+        return outcome
+
+    def _observe(self, outcomes: dict[str, Outcome]) -> None:
+        if self._observer is not None:
+            for name, outcome in outcomes.items():
+                if outcome.applied:
+                    self._observer(name, outcome.applied)
+
+    async def _commit(self, deliveries: list[Delivery]) -> None:
+        async with self._engine.begin() as conn:
+            outcomes = {a.name: await self._apply(conn, a, deliveries) for a in self._appliers}
+        for d in deliveries:
+            await d.msg.ack()
+        self._observe(outcomes)
+
+    async def _commit_each(self, delivery: Delivery) -> dict[str, str]:
+        """Apply one event for every projection, each in a savepoint; the failures, by name."""
+        failed: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
+        async with self._engine.begin() as conn:
+            for applier in self._appliers:
+                try:
+                    async with conn.begin_nested():
+                        outcomes[applier.name] = await self._apply(conn, applier, [delivery])
+                except Exception as error:  # this projection waits; the others go on
+                    failed[applier.name] = f"{type(error).__name__}: {error}"
+        self._observe(outcomes)
+        return failed
+
+    async def _isolate(self, deliveries: list[Delivery]) -> None:
+        groups: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            groups[d.order_id].append(d)
+        for group in groups.values():
+            group.sort(key=lambda d: (d.event.version if d.event else 0, d.seq))
+            for i, delivery in enumerate(group):
+                failed = await self._commit_each(delivery)
+                if not failed:
+                    await delivery.msg.ack()
+                    continue
+                if delivery.deliveries < self._settings.max_attempts:
+                    # Again later, with the order's later events: the projections that did
+                    # apply them skip them then.
+                    await self._retry_later(group[i:], failed)
+                    break
+                # Dead-lettered for the projections that failed; the order's later events go
+                # on below: those projections park them behind it, the others apply them.
+                log.error(
+                    "%s: dead-lettering %s after %d deliveries: %s",
+                    self.durable, delivery.msg.subject, delivery.deliveries, failed,
+                )  # fmt: skip
+                for name, error in failed.items():
+                    await self._dead_letter(delivery, [name], error)
+                await delivery.msg.ack()
+
+    async def _retry_later(self, deliveries: list[Delivery], failed: dict[str, str]) -> None:
+        first = deliveries[0]
+        backoff = self._settings.backoff_s
+        delay = backoff[min(first.deliveries, len(backoff)) - 1]
+        log.warning(
+            "%s: %s failed (delivery %d), again in %.1fs: %s",
+            self.durable, first.msg.subject, first.deliveries, delay, failed,
+        )  # fmt: skip
+        for d in deliveries:
+            await d.msg.nak(delay=delay)
+
+    async def _dead_letter(self, delivery: Delivery, names: list[str], error: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                _DEAD_LETTER, [dead_letter_row(name, delivery, error, "failed") for name in names]
+            )

@@ -1,0 +1,256 @@
+"""The order saga: reserve inventory -> capture payment -> schedule shipment, or compensate."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from ordersaga.domain import (
+        BUSINESS_ERRORS,
+        ORDER_STATUS,
+        CancelReason,
+        EventType,
+        Order,
+        OrderStatus,
+        RecordInput,
+        SagaInput,
+        SagaPolicy,
+        SagaState,
+        Step,
+        StepInput,
+        StepResult,
+        placed_event_data,
+    )
+
+# Activity names are verbs, so the Temporal Web UI tells the story of each saga.
+FORWARD = {
+    Step.INVENTORY: "reserve_inventory",
+    Step.PAYMENT: "capture_payment",
+    Step.SHIPPING: "schedule_shipment",
+}
+COMPENSATE = {
+    Step.INVENTORY: "release_inventory",
+    Step.PAYMENT: "refund_payment",
+    Step.SHIPPING: "cancel_shipment",
+}
+STATUS_AFTER = {
+    Step.INVENTORY: OrderStatus.INVENTORY_RESERVED,
+    Step.PAYMENT: OrderStatus.PAYMENT_CAPTURED,
+    Step.SHIPPING: OrderStatus.PAYMENT_CAPTURED,
+}
+
+T = TypeVar("T")
+
+
+@workflow.defn(name="OrderSaga")
+class OrderSaga:
+    """One workflow per order (id `order-<order_id>`), the single writer of the order's stream.
+
+    Guarantees:
+    - Every step is compensated if the order does not end CONFIRMED, in reverse order, including a
+      step whose outcome is unknown (its retries ran out): compensations are idempotent and undo
+      nothing when nothing is held.
+    - A step that is running is never abandoned: a cancel (the `cancel` update, or a Temporal
+      cancellation of the workflow, which arrives as `asyncio.CancelledError`) is noted, the step
+      finishes, and then it is compensated. So no late participant call can land after its undo.
+    - Compensations are retried with backoff; when their retries run out the order becomes
+      REQUIRES_ATTENTION and the workflow waits for the `retry_compensation` update. It never
+      gives up on a compensation.
+    - Each event is recorded at the version the workflow expects, with an id derived from it, so
+      replays and activity retries store and publish each fact exactly once.
+    """
+
+    def __init__(self) -> None:
+        self._order_id = ""
+        self._status = OrderStatus.PENDING
+        self._version = 0
+        self._reason: CancelReason | None = None
+        self._completed: list[Step] = []
+        self._cancel_requested = False
+        self._cancel_detail: str | None = None
+        self._confirming = False
+        self._retry_requested = False
+        self._attention_error: str | None = None
+        self._policy = SagaPolicy()
+
+    @workflow.run
+    async def run(self, saga: SagaInput) -> SagaState:
+        order = saga.order
+        self._order_id = order.order_id
+        self._policy = saga.policy
+        await self._record(EventType.PLACED, placed_event_data(order))
+
+        attempted: list[Step] = []
+        for step in Step:
+            if self._cancel_requested:
+                break
+            attempted.append(step)
+            try:
+                step_call = self._start(FORWARD[step], order, self._policy.step_max_attempts)
+                result = await self._shielded(step_call)
+            except ActivityError as error:
+                refusal = business_refusal(error)
+                if refusal is not None:
+                    # The participant refused: nothing of this step is held, and its failure
+                    # fact is recorded already, at the version the error carries.
+                    attempted.pop()
+                    self._reason, self._version = refusal
+                else:
+                    self._reason = CancelReason.STEP_FAILED
+                break
+            self._version = result.version
+            self._completed.append(step)
+            self._set_status(STATUS_AFTER[step])
+
+        if self._reason is None and self._cancel_requested:
+            self._reason = CancelReason.CUSTOMER_REQUEST
+        if self._reason is None:
+            self._confirming = True
+            await self._record(
+                EventType.CONFIRMED, {"order_id": order.order_id, "total": order.total}
+            )
+            self._set_status(OrderStatus.CONFIRMED)
+            return self.status()
+
+        self._set_status(OrderStatus.COMPENSATING)
+        for step in reversed(attempted):
+            await self._compensate(COMPENSATE[step], order)
+        cancelled: dict[str, Any] = {"order_id": order.order_id, "reason": self._reason.value}
+        if self._reason == CancelReason.CUSTOMER_REQUEST and self._cancel_detail:
+            cancelled["detail"] = self._cancel_detail
+        await self._record(EventType.CANCELLED, cancelled)
+        self._set_status(OrderStatus.CANCELLED)
+        return self.status()
+
+    # -- messages -----------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> SagaState:
+        return SagaState(
+            order_id=self._order_id,
+            status=self._status,
+            version=self._version,
+            reason=self._reason.value if self._reason else None,
+            completed_steps=[s.value for s in self._completed],
+            cancel_requested=self._cancel_requested,
+            attention_error=self._attention_error,
+        )
+
+    @workflow.update
+    def cancel(self, reason: str) -> SagaState:
+        self._cancel_requested = True
+        self._cancel_detail = self._cancel_detail or reason
+        return self.status()
+
+    @cancel.validator
+    def _validate_cancel(self, reason: str) -> None:
+        if self._confirming or self._status == OrderStatus.CONFIRMED:
+            raise ApplicationError("order is confirmed already", type="NotCancellable")
+        if self._reason not in (None, CancelReason.CUSTOMER_REQUEST):
+            raise ApplicationError(
+                f"order is being cancelled already ({self._reason})", type="NotCancellable"
+            )
+
+    @workflow.update
+    def retry_compensation(self) -> SagaState:
+        self._retry_requested = True
+        return self.status()
+
+    @retry_compensation.validator
+    def _validate_retry(self) -> None:
+        if self._status != OrderStatus.REQUIRES_ATTENTION:
+            raise ApplicationError(
+                f"order is {self._status}, not REQUIRES_ATTENTION", type="NothingToRetry"
+            )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _shielded(self, awaitable: Awaitable[T]) -> T:
+        """Await to the end even if the workflow is cancelled meanwhile; note the cancel instead."""
+        task = asyncio.ensure_future(awaitable)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # CancelledError is a BaseException: `except Exception` would let it skip every
+                # compensation. Here it becomes a cancel request handled like the customer's.
+                workflow.logger.info("workflow cancellation requested; compensating")
+                self._cancel_requested = True
+                self._cancel_detail = self._cancel_detail or "workflow cancellation requested"
+
+    def _start(self, name: str, order: Order, max_attempts: int) -> Awaitable[StepResult]:
+        """Start a participant activity at the current stream version, with the saga's backoff."""
+        p = self._policy
+        return workflow.start_activity(
+            name,
+            StepInput(order, self._version),
+            result_type=StepResult,
+            start_to_close_timeout=timedelta(seconds=p.activity_timeout_s),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=p.initial_interval_s),
+                maximum_interval=timedelta(seconds=p.max_interval_s),
+                maximum_attempts=max_attempts,
+                # Business refusals are raised non-retryable; naming them here guards the rest.
+                non_retryable_error_types=list(BUSINESS_ERRORS),
+            ),
+        )
+
+    async def _compensate(self, name: str, order: Order) -> None:
+        while True:
+            try:
+                undo = self._start(name, order, self._policy.compensation_max_attempts)
+                result = await self._shielded(undo)
+            except ActivityError as error:
+                cause = str(error.cause or error)
+                self._attention_error = f"{name}: {cause}"
+                await self._record(
+                    EventType.REQUIRES_ATTENTION,
+                    {"order_id": order.order_id, "compensation": name, "error": cause},
+                )
+                self._set_status(OrderStatus.REQUIRES_ATTENTION)
+                self._retry_requested = False
+                await self._shielded(workflow.wait_condition(self._retry_is_requested))
+                self._attention_error = None
+                self._set_status(OrderStatus.COMPENSATING)
+                continue
+            self._version = result.version
+            return
+
+    def _retry_is_requested(self) -> bool:
+        return self._retry_requested
+
+    async def _record(self, event_type: EventType, data: dict[str, Any]) -> None:
+        # A local activity: recording rides in the current workflow task, with no extra round
+        # trip to the server. It retries until Postgres and NATS take the event.
+        result = await self._shielded(
+            workflow.execute_local_activity(
+                "record_event",
+                RecordInput(self._order_id, self._version, event_type.value, data),
+                result_type=StepResult,
+                start_to_close_timeout=timedelta(seconds=self._policy.activity_timeout_s),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
+        )
+        self._version = result.version
+
+    def _set_status(self, status: OrderStatus) -> None:
+        if status == self._status:
+            return  # each upsert is a visibility write on the server: only on a change
+        self._status = status
+        workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
+
+
+def business_refusal(error: ActivityError) -> tuple[CancelReason, int] | None:
+    """(reason, stream version after the recorded failure fact) if a participant refused."""
+    cause = error.cause
+    if not isinstance(cause, ApplicationError) or cause.type not in BUSINESS_ERRORS:
+        return None
+    detail: dict[str, Any] = cause.details[0] if cause.details else {}
+    return BUSINESS_ERRORS[cause.type].reason, int(detail["version"])
