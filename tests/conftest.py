@@ -17,16 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ordersaga import bus
 from ordersaga.db import create_engine, create_pool
 from ordersaga.devstack import DevStack, isolated_settings
+from ordersaga.domain import SagaPolicy
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
-from ordersaga.settings import ProjectorSettings, SagaSettings, Settings
+from ordersaga.settings import ProjectorSettings, Settings
 
 
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevStack]:
     settings = isolated_settings(
         tmp_path_factory.mktemp("stack"),
-        SagaSettings(
+        SagaPolicy(
             step_max_attempts=5,
             compensation_max_attempts=5,
             initial_interval_s=0.2,

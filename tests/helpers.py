@@ -15,7 +15,6 @@ import httpx
 import sqlalchemy as sa
 
 from ordersaga import events
-from ordersaga.devstack import child_env
 from ordersaga.domain import Address, Order, OrderItem, placed_event_data
 from ordersaga.eventstore import EventStore, NewEvent, StoredEvent
 
@@ -174,8 +173,8 @@ async def publish(js: Any, settings: Any, stored: Sequence[StoredEvent]) -> None
 def cli(settings: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `ordersaga ARGS` against the test stack, as an operator would."""
     return subprocess.run(
-        [sys.executable, "-m", "ordersaga", *args],
-        env={**os.environ, **child_env(settings)},
+        [sys.executable, "-m", "cli", *args],
+        env={**os.environ, **settings.as_child_env()},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -16,6 +16,7 @@ from ordersaga.devstack import DevStack
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
 from tests.helpers import (
+    HAPPY_PATH,
     event_types,
     eventually,
     order_body,
@@ -27,14 +28,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.e2e
-
-HAPPY = [
-    "order.placed",
-    "order.inventory_reserved",
-    "order.payment_captured",
-    "order.shipment_scheduled",
-    "order.confirmed",
-]
 
 
 async def published(nc: NATS, settings: Settings, order_id: str) -> dict[str, int]:
@@ -83,9 +76,9 @@ async def test_worker_killed_mid_saga_completes_once(
 
     order = await wait_terminal(api, order_id, timeout=60)
     assert order["status"] == "CONFIRMED"
-    assert await event_types(api, order_id) == HAPPY
+    assert await event_types(api, order_id) == list(HAPPY_PATH)
     subjects = await published(nc, settings, order_id)
-    assert subjects == {events.subject_for("orders", order_id, t): 1 for t in HAPPY}
+    assert subjects == {events.subject_for("orders", order_id, t): 1 for t in HAPPY_PATH}
     async with engine.connect() as conn:
         captures = await conn.execute(
             sa.text("SELECT count(*) FROM payments.ledger WHERE order_id = :o"), {"o": order_id}

@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordersaga.devstack import child_env
 from ordersaga.eventstore import EventStore
-from ordersaga.projections.orders import OrderEvent, apply
 from ordersaga.settings import Settings
+from projections.base import OrderEvent
+from projections.orders import apply
 from tests.helpers import order_body, place, stocked_sku, wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -51,8 +51,8 @@ async def test_rebuild_while_running_equals_a_replay_of_the_store(
         await wait_terminal(api, order_id)
 
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ordersaga", "projections", "rebuild", "orders",
-        env={**os.environ, **child_env(settings)},
+        sys.executable, "-m", "cli", "projections", "rebuild", "orders",
+        env={**os.environ, **settings.as_child_env()},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     # Orders keep flowing while it rebuilds.

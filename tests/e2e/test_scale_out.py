@@ -14,10 +14,9 @@ import sqlalchemy as sa
 from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordersaga.devstack import child_env
 from ordersaga.eventstore import EventStore
-from ordersaga.projections.claims import PARTITION_CLASS
 from ordersaga.settings import Settings
+from projections.claims import PARTITION_CLASS
 from tests.helpers import append, eventually, fake_events, publish, read_side_caught_up, unique
 
 pytestmark = pytest.mark.e2e
@@ -54,8 +53,8 @@ async def test_two_projectors_share_four_partitions_and_survive_losing_one(
 ) -> None:
     assert settings.nats.partitions == 4
     second = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ordersaga", "projector",
-        env={**os.environ, **child_env(settings)},
+        sys.executable, "-m", "cli", "projector",
+        env={**os.environ, **settings.as_child_env()},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

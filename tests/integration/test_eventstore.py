@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -27,6 +28,7 @@ from ordersaga.eventstore import (
     UnknownEventError,
     Upcasters,
 )
+from tests.helpers import eventually
 
 HAPPENED = "test.happened"
 
@@ -173,28 +175,37 @@ def fold(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
     batches=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=8),
     every=st.integers(min_value=1, max_value=10),
 )
-def test_snapshot_plus_tail_equals_full_replay(
+async def test_snapshot_plus_tail_equals_full_replay(
     es: EventStore, batches: list[int], every: int
 ) -> None:
-    async def scenario() -> None:
-        s = stream()
-        initial: dict[str, Any] = {"total": 0, "seen": []}
-        version = 0
-        for size in batches:
-            await es.append(s, events(s, version + 1, size), expected_version=version)
-            version += size
-            # Load (and maybe snapshot) between batches, so snapshots land mid-stream.
-            await es.load(s, fold, initial, snapshot="sum-v1", every=every)
-        replayed = initial
-        for event in await es.read_stream(s):
-            replayed = fold(replayed, event)
-        loaded, at = await es.load(s, fold, initial, snapshot="sum-v1", every=every)
-        assert (loaded, at) == (replayed, version)
-        taken = await es.latest_snapshot(s, "sum-v1")
-        if version >= every:
-            assert taken is not None and taken[0] <= version
+    s = stream()
+    initial: dict[str, Any] = {"total": 0, "seen": []}
+    version = 0
+    for size in batches:
+        await es.append(s, events(s, version + 1, size), expected_version=version)
+        version += size
+        # Load (and maybe snapshot) between batches, so snapshots land mid-stream.
+        await es.load(s, fold, initial, snapshot="sum-v1", every=every)
+    replayed = initial
+    states = {0: initial}  # the state after each version
+    for event in await es.read_stream(s):
+        replayed = fold(replayed, event)
+        states[event.version] = replayed
+    folded: list[int] = []
 
-    asyncio.get_event_loop().run_until_complete(scenario())
+    def counting_fold(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
+        folded.append(event.version)
+        return fold(state, event)
+
+    loaded, at = await es.load(s, counting_fold, initial, snapshot="sum-v1", every=every)
+    assert (loaded, at) == (replayed, version)
+    # Each load snapshots once `every` events have gone by since the last snapshot, so however
+    # the appends were batched, the latest snapshot is at the last multiple of `every`...
+    due = version // every * every
+    taken = await es.latest_snapshot(s, "sum-v1")
+    assert taken == ((due, states[due]) if due else None)
+    # ...and the last load started from it: it folded only the events after it.
+    assert folded == list(range(due + 1, version + 1))
 
 
 async def test_the_feed_sees_every_committed_event_once_in_stream_order(
@@ -284,24 +295,65 @@ async def test_the_feed_sees_every_committed_event_once_in_stream_order(
         assert versions == list(range(1, len(versions) + 1))
 
 
+async def _append_without_notify(pool: asyncpg.Pool, stream_id: str, event: NewEvent) -> str:
+    """Store an event as `EventStore.append` does, but send no NOTIFY (that is the store's own
+    doing, after the commit): a subscriber can only see it by reading the feed itself."""
+    async with pool.acquire() as conn:
+        [row] = await conn.fetch(
+            "SELECT event_id::text FROM eventstore.append($1, $2, $3, $4, $5, $6, $7)",
+            stream_id,
+            NO_STREAM,
+            [uuid.UUID(event.event_id)],
+            [event.event_type],
+            [event.schema_version],
+            [json.dumps(event.data)],
+            [json.dumps(event.metadata)],
+        )
+    stored: str = row["event_id"]
+    return stored
+
+
 async def test_subscribers_wake_on_notify_not_on_their_poll(pool: asyncpg.Pool) -> None:
     es = EventStore(pool, registry())
     head = await EventStore(pool).read_all(FeedPosition(), limit=10_000_000)
     start = head[-1].feed_position if head else FeedPosition()
     s = stream()
+    poll_interval = 60.0
+    # Written without a notification, so the subscriber gets it from its first read of the feed.
+    marker = await _append_without_notify(pool, s, events(s, 1, 1)[0])
+    marker_read = asyncio.Event()
 
-    async def first_of_ours() -> StoredEvent:
-        # Polls only every 60 s: anything sooner is the notification's doing.
-        async for event in es.subscribe(start, poll_interval=60, event_types=[HAPPENED]):
-            if event.stream_id == s:
+    async def first_after_the_marker() -> StoredEvent:
+        feed = es.subscribe(start, poll_interval=poll_interval, event_types=[HAPPENED])
+        async with contextlib.aclosing(feed):
+            async for event in feed:
+                if event.stream_id != s:
+                    continue
+                if event.event_id == marker:
+                    # The subscriber has read the feed to its end: asking for the next event
+                    # puts it straight into its wait, which ends on a notification or the poll.
+                    marker_read.set()
+                    continue
                 return event
         raise AssertionError("the feed ended")
 
-    waiting = asyncio.create_task(first_of_ours())
-    # Give the subscriber time to read the (empty) feed and block on its wait, so the event
-    # can only reach it through the notification.
-    settle = 0.5
-    await asyncio.sleep(settle)
-    [written] = await es.append(s, events(s, 1, 1), expected_version=NO_STREAM)
-    seen = await asyncio.wait_for(waiting, timeout=5)
+    waiting = asyncio.create_task(first_after_the_marker())
+    try:
+        await eventually(
+            lambda: _true_if(marker_read.is_set()), 30, "the subscriber's first read of the feed"
+        )
+        [written] = await es.append(s, events(s, 2, 1), expected_version=1)
+        # Its next poll is 60 s away: an arrival well within that came through the NOTIFY.
+        await eventually(
+            lambda: _true_if(waiting.done()), poll_interval / 6, "the NOTIFY to wake the subscriber"
+        )
+        seen = waiting.result()
+    finally:
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
     assert seen.event_id == written.event_id
+
+
+async def _true_if(condition: bool) -> bool | None:
+    return True if condition else None

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordersaga.activities.participants import (
+from activities.participants import (
     PostgresInventory,
     PostgresPayments,
     PostgresShipping,

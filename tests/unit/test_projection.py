@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from ordersaga.domain import Address, Order, OrderItem, placed_event_data
-from ordersaga.projections.orders import OrderEvent, ProjectionError, apply
+from projections.base import OrderEvent, ProjectionError
+from projections.orders import apply
 
 ORDER = Order(
     order_id="o-1",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 from pydantic import ValidationError
 
 from ordersaga.domain import SagaPolicy
-from ordersaga.settings import SagaSettings, Settings
+from ordersaga.settings import Settings, get_settings
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,7 +31,20 @@ def test_a_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_saga_settings_and_the_workflow_policy_have_the_same_fields() -> None:
-    # The API builds the workflow's SagaPolicy from SagaSettings field by field.
-    assert set(SagaSettings.model_fields) == {f.name for f in fields(SagaPolicy)}
-    assert SagaPolicy(**SagaSettings().model_dump()) == SagaPolicy()
+def test_the_saga_section_is_the_workflow_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERSAGA_SAGA__STEP_MAX_ATTEMPTS", "3")
+    policy = Settings().saga
+    assert policy == SagaPolicy(step_max_attempts=3)
+
+
+def test_a_child_process_gets_the_parents_settings_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = Settings(api={"port": 20001}, saga=SagaPolicy(initial_interval_s=0.2))
+    # A variable of the child's own environment does not override what the parent resolved.
+    monkeypatch.setenv("ORDERSAGA_API__PORT", "20002")
+    for name, value in parent.as_child_env().items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        assert get_settings() == parent
+    finally:
+        get_settings.cache_clear()

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from ordersaga.devstack import StackError, find_tool
 from ordersaga.domain import (
+    SEARCH_ATTRIBUTES,
     Address,
     CancelReason,
     Order,
@@ -36,7 +36,7 @@ from ordersaga.domain import (
 )
 from ordersaga.runtime import ensure_search_attributes
 from ordersaga.settings import Settings
-from ordersaga.workflows.order_saga import OrderSaga
+from workflows.order_saga import OrderSaga
 
 Handle = WorkflowHandle[OrderSaga, SagaState]
 
@@ -63,10 +63,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     else:
         environment = await WorkflowEnvironment.start_local(
             dev_server_existing_path=find_tool("temporal"),
-            search_attributes=[
-                SearchAttributeKey.for_keyword("CustomerId"),
-                SearchAttributeKey.for_keyword("OrderStatus"),
-            ],
+            search_attributes=list(SEARCH_ATTRIBUTES),
         )
     async with environment:
         yield environment
