@@ -1,8 +1,11 @@
 """The saga's activities: call a participant, then record the outcome as the order's next event.
 
-Every activity is safe to retry as a whole: the participant is idempotent on the order id, the
-event id is derived from (order, version, type) so a second append stores nothing, and JetStream
-drops the second publish of the same `Nats-Msg-Id`.
+Activities write to the event store only: the store is the outbox, and the relay
+(`ordersaga/relay.py`) publishes every stored event to JetStream. So an activity writes to one
+system, and a NATS outage never fails a step.
+
+Every activity is safe to retry as a whole: the participant is idempotent on the order id, and the
+event id is derived from (order, version, type), so a second append stores nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from ordersaga.bus import EventPublisher
 from ordersaga.domain import (
     BusinessError,
     EventType,
@@ -22,7 +24,7 @@ from ordersaga.domain import (
     StepResult,
     event_id,
 )
-from ordersaga.eventstore import EventStore, NewEvent
+from ordersaga.eventstore import ConcurrencyError, EventStore, NewEvent
 from ordersaga.participants import Inventory, Payments, Shipping, TransientParticipantError
 
 log = logging.getLogger(__name__)
@@ -32,13 +34,11 @@ class OrderActivities:
     def __init__(
         self,
         store: EventStore,
-        publisher: EventPublisher,
         inventory: Inventory,
         payments: Payments,
         shipping: Shipping,
     ) -> None:
         self._store = store
-        self._publisher = publisher
         self._inventory = inventory
         self._payments = payments
         self._shipping = shipping
@@ -46,15 +46,35 @@ class OrderActivities:
     async def _record(
         self, order_id: str, expected_version: int, event_type: EventType, data: dict[str, Any]
     ) -> int:
-        version = expected_version + 1
-        stored = await self._store.append(
-            order_id,
-            [NewEvent(event_id(order_id, version, event_type), event_type, data)],
-            expected_version,
-        )
-        for event in stored:
-            await self._publisher.publish(event)
-        return version
+        """Append `event_type` after `expected_version`; returns the version it is stored at.
+
+        The workflow is the stream's single writer, but it can be behind its stream: a step that
+        recorded its fact and then failed (its retries ran out before it could report) leaves the
+        workflow at the version before that fact. Such facts are this saga's own, so recording
+        adopts them: an event of the same type already past the expected version is this very
+        fact (an earlier attempt of this call), and anything else is followed, never fought.
+        """
+        while True:
+            version = expected_version + 1
+            try:
+                await self._store.append(
+                    order_id,
+                    [NewEvent(event_id(order_id, version, event_type), event_type, data)],
+                    expected_version,
+                )
+                return version
+            except ConcurrencyError:
+                later = await self._store.read_stream(order_id, expected_version + 1)
+                if not later:
+                    raise  # behind the saga's version: nothing to adopt, a bug to see
+                for event in later:
+                    if event.event_type == event_type:
+                        return event.version
+                log.info(
+                    "order %s: the saga was at version %d, its stream at %d; recording %s after",
+                    order_id, expected_version, later[-1].version, event_type.short_name,
+                )  # fmt: skip
+                expected_version = later[-1].version
 
     async def _failed(
         self, step: StepInput, event_type: EventType, error: BusinessError

@@ -1,6 +1,7 @@
 """Composition root of the worker process: it hosts the saga workflow and these activities.
 
-settings -> engine, event store -> NATS -> Temporal client -> Worker.
+settings -> engine, event store -> Temporal client -> Worker. It never talks to NATS: activities
+write to the event store, and the relay publishes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from temporalio.worker import Worker
 
 from activities.participants import PostgresInventory, PostgresPayments, PostgresShipping
 from activities.saga import OrderActivities
-from ordersaga import bus, runtime
+from ordersaga import runtime
 from ordersaga.settings import Settings
 from workflows.order_saga import OrderSaga
 
@@ -25,7 +26,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         engine = res.engine()
         activities = OrderActivities(
             await res.store(),
-            bus.EventPublisher(await res.jetstream(setup=True), settings),
             PostgresInventory(engine),
             PostgresPayments(engine),
             PostgresShipping(engine),

@@ -35,7 +35,8 @@ def _settings() -> Settings:
 def dev(
     ui: Annotated[bool, typer.Option(help="Serve the Temporal Web UI.")] = True,
 ) -> None:
-    """Start Postgres, NATS, Temporal, the worker, projector, notifier and API; Ctrl-C stops all."""
+    """Start Postgres, NATS, Temporal, the worker, relay, projector, notifier and API; Ctrl-C
+    stops all."""
     from ordersaga import runtime
     from ordersaga.devstack import DevStack, StackError
 
@@ -73,6 +74,33 @@ def worker() -> None:
     from activities import worker as worker_process
 
     asyncio.run(worker_process.run(_settings()))
+
+
+relay_app = typer.Typer(
+    help="The outbox relay: every event the store holds, published to JetStream in store order.",
+    invoke_without_command=True,
+)
+app.add_typer(relay_app, name="relay")
+
+
+@relay_app.callback()
+def relay(ctx: typer.Context) -> None:
+    """Run the relay (one holds the lease and publishes; others stand by and take over)."""
+    if ctx.invoked_subcommand is None:
+        from ordersaga import relay as relay_process
+
+        asyncio.run(relay_process.run(_settings()))
+
+
+@relay_app.command("status")
+def relay_status() -> None:
+    """How far JetStream is behind the event store: events not yet published, the oldest's age."""
+    from ordersaga import relay as relay_process
+
+    async def main(res: Resources) -> dict[str, object]:
+        return await relay_process.status(await res.pool(size=1))
+
+    typer.echo(json.dumps(_run(main), indent=2))
 
 
 @app.command()

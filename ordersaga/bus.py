@@ -1,8 +1,9 @@
 """JetStream as code: the streams and consumers in one place, applied idempotently; the publisher.
 
 Two streams:
-- `ORDERS` (`orders.<order_id>.<event>`): what activities publish and what any subscriber reads
-  (`orders.*.placed`, `orders.<id>.>`); the wire contract.
+- `ORDERS` (`orders.<order_id>.<event>`): what the relay publishes from the event store (the
+  outbox; `ordersaga/relay.py`) and what any subscriber reads (`orders.*.placed`,
+  `orders.<id>.>`); the wire contract.
 - `ORDERS_PARTITIONED`: sources `ORDERS` through a subject-mapping transform that puts a
   deterministic partition of the order id in front (`orders-p.<partition>.<order_id>.<event>`).
   Each projection has one durable consumer per partition, so N projector processes can share the
@@ -175,7 +176,14 @@ async def setup(js: JetStreamContext, settings: Settings) -> list[str]:
 
 async def describe(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
     """What the server has: each stream's configuration and state, and its consumers."""
-    out: dict[str, Any] = {}
+    ns = settings.nats
+    out: dict[str, Any] = {
+        "flow": (
+            f"activities -> event store (the outbox) -> relay -> {ns.stream} -> "
+            f"{ns.partitioned_stream} -> projector-<partition> (read models); "
+            f"{ns.stream} -> {settings.notifier.durable} (notifications)"
+        )
+    }
     for name in (settings.nats.stream, settings.nats.partitioned_stream):
         try:
             info = await js.stream_info(name)

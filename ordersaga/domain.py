@@ -144,14 +144,23 @@ class Order:
 @dataclass(frozen=True)
 class SagaPolicy:
     """The saga's retry policy: the `saga` section of the settings, and part of each workflow's
-    input, so a saga keeps the policy it started with (and tests can shorten it)."""
+    input, so a saga keeps the policy it started with (and tests can shorten it).
 
-    step_max_attempts: int = 8
-    compensation_max_attempts: int = 10
+    Retry budgets are time budgets: an outage of any server within the budget only delays a
+    step; only a participant's answer decides it. Past the budget the step's outcome is unknown
+    and it is compensated; a compensation past its budget makes the order REQUIRES_ATTENTION.
+    """
+
+    step_budget_s: float = 3600.0
+    compensation_budget_s: float = 3600.0
     initial_interval_s: float = 1.0
     max_interval_s: float = 30.0
     # Also how long a worker that died mid-activity holds the activity before a retry elsewhere.
     activity_timeout_s: float = 10.0
+    # Optional caps on attempts (0: none, the budget alone bounds the retries). Sagas started
+    # before the budgets existed carry their counts here, and keep them.
+    step_max_attempts: int = 0
+    compensation_max_attempts: int = 0
 
 
 @dataclass(frozen=True)

@@ -338,15 +338,17 @@ class EventStore:
             rows = await conn.fetch(_FEED, str(after.tx_id), after.position, limit, types)
         return [self._read(r) for r in rows]
 
-    async def subscribe(
+    async def batches(
         self,
         after: FeedPosition = FeedPosition(),
         *,
         batch: int = 500,
         poll_interval: float = 1.0,
         event_types: Sequence[str] | None = None,
-    ) -> AsyncGenerator[StoredEvent, None]:
-        """Tail the feed for ever: woken by LISTEN/NOTIFY, polling as the fallback.
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """Tail the feed for ever, a batch at a time: woken by LISTEN/NOTIFY, polling as the
+        fallback. Each batch continues where the one before ended; to resume from a checkpoint
+        after a failure, start a new generator.
 
         The fallback matters: appends notify after they commit, but their events become readable
         only once every older transaction has ended, which sends no notification.
@@ -362,14 +364,29 @@ class EventStore:
                 while True:
                     wake.clear()
                     events = await self.read_all(after, batch, event_types)
-                    for event in events:
-                        yield event
-                        after = event.feed_position
+                    if events:
+                        yield events
+                        after = events[-1].feed_position
                     if len(events) < batch:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), poll_interval)
             finally:
                 await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+
+    async def subscribe(
+        self,
+        after: FeedPosition = FeedPosition(),
+        *,
+        batch: int = 500,
+        poll_interval: float = 1.0,
+        event_types: Sequence[str] | None = None,
+    ) -> AsyncGenerator[StoredEvent, None]:
+        """Tail the feed for ever, an event at a time (see `batches`)."""
+        async for events in self.batches(
+            after, batch=batch, poll_interval=poll_interval, event_types=event_types
+        ):
+            for event in events:
+                yield event
 
     # -- snapshots --------------------------------------------------------------------------------
 

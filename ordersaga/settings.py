@@ -68,6 +68,13 @@ class ProjectorSettings(BaseModel):
     claim_interval_s: float = Field(default=1.0, gt=0)
 
 
+class RelaySettings(BaseModel):
+    # Events read from the store's feed and published per round (one checkpoint write each).
+    batch: int = Field(default=256, ge=1, le=10_000)
+    # How often a standby relay tries to take the lease: the longest a dead relay's work waits.
+    lease_interval_s: float = Field(default=1.0, gt=0)
+
+
 class NotifierSettings(BaseModel):
     durable: str = "notifier"
     # Where the notifier asks for the order (event notification). Unset: this API's address.
@@ -109,6 +116,7 @@ class Settings(BaseSettings):
     # The domain's own dataclass: ORDERSAGA_SAGA__STEP_MAX_ATTEMPTS and so on.
     saga: SagaPolicy = SagaPolicy()
     projector: ProjectorSettings = ProjectorSettings()
+    relay: RelaySettings = RelaySettings()
     notifier: NotifierSettings = NotifierSettings()
 
     def database_url(self) -> str:

@@ -93,7 +93,8 @@ class OrderSaga:
                 break
             attempted.append(step)
             try:
-                step_call = self._start(FORWARD[step], order, self._policy.step_max_attempts)
+                p = self._policy
+                step_call = self._start(FORWARD[step], order, p.step_budget_s, p.step_max_attempts)
                 result = await self._shielded(step_call)
             except ActivityError as error:
                 refusal = business_refusal(error)
@@ -185,14 +186,18 @@ class OrderSaga:
                 self._cancel_requested = True
                 self._cancel_detail = self._cancel_detail or "workflow cancellation requested"
 
-    def _start(self, name: str, order: Order, max_attempts: int) -> Awaitable[StepResult]:
-        """Start a participant activity at the current stream version, with the saga's backoff."""
+    def _start(
+        self, name: str, order: Order, budget_s: float, max_attempts: int
+    ) -> Awaitable[StepResult]:
+        """Start a participant activity at the current stream version, retried with the saga's
+        capped backoff until it answers or its time budget runs out."""
         p = self._policy
         return workflow.start_activity(
             name,
             StepInput(order, self._version),
             result_type=StepResult,
             start_to_close_timeout=timedelta(seconds=p.activity_timeout_s),
+            schedule_to_close_timeout=timedelta(seconds=budget_s) if budget_s > 0 else None,
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=p.initial_interval_s),
                 maximum_interval=timedelta(seconds=p.max_interval_s),
@@ -205,7 +210,10 @@ class OrderSaga:
     async def _compensate(self, name: str, order: Order) -> None:
         while True:
             try:
-                undo = self._start(name, order, self._policy.compensation_max_attempts)
+                p = self._policy
+                undo = self._start(
+                    name, order, p.compensation_budget_s, p.compensation_max_attempts
+                )
                 result = await self._shielded(undo)
             except ActivityError as error:
                 cause = str(error.cause or error)

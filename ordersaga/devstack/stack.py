@@ -28,7 +28,7 @@ class DevStack:
     """Starts what the settings do not point elsewhere, in dependency order; stops in reverse."""
 
     SERVERS = ("postgres", "nats", "temporal")
-    APPS = ("worker", "projector", "notifier", "api")
+    APPS = ("worker", "relay", "projector", "notifier", "api")
 
     def __init__(
         self,
