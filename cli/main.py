@@ -98,7 +98,7 @@ def relay_status() -> None:
     from ordersaga import relay as relay_process
 
     async def main(res: Resources) -> dict[str, object]:
-        return await relay_process.status(await res.pool(size=1))
+        return await relay_process.status(await res.pool(size=1), res.settings.relay.name)
 
     typer.echo(json.dumps(_run(main), indent=2))
 

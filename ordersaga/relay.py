@@ -231,7 +231,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         relay = Relay(
             await res.store(pool_size=2),
             EventPublisher(await res.jetstream(setup=True), settings),
-            Lease(settings, "relay"),
+            Lease(settings, settings.relay.name),
+            name=settings.relay.name,
             batch=settings.relay.batch,
         )
         started = time.monotonic()

@@ -69,6 +69,8 @@ class ProjectorSettings(BaseModel):
 
 
 class RelaySettings(BaseModel):
+    # Relays of one name share a lease and a checkpoint: one publishes, the others stand by.
+    name: str = "relay"
     # Events read from the store's feed and published per round (one checkpoint write each).
     batch: int = Field(default=256, ge=1, le=10_000)
     # How often a standby relay tries to take the lease: the longest a dead relay's work waits.
