@@ -152,6 +152,17 @@ class DevStack:
                 "(another `ordersaga dev`?) or choose other ports with those variables."
             )
 
+    async def pause(self, name: str) -> None:
+        """Hold one part down (chaos tests): killed, and not restarted until `resume`."""
+        await self.parts[name].pause()
+
+    async def resume(self, name: str) -> None:
+        """Start a paused part again, supervised as before; it may take a moment to serve."""
+        part = self.parts[name]
+        part.restart = True
+        await part.spawn()
+        self._supervise([part])
+
     async def stop(self) -> None:
         # The supervisors first, so that nothing restarts what is being stopped.
         for task in self._supervisors:

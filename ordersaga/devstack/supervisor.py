@@ -106,6 +106,14 @@ class Managed:
             with contextlib.suppress(ProcessLookupError):  # exited a moment ago
                 proc.kill()
 
+    async def pause(self) -> None:
+        """Take it down and keep it down (an outage on purpose): its supervisor returns instead
+        of restarting it. `DevStack.resume` brings it back."""
+        self.restart = False
+        self.kill()
+        if self.process is not None:
+            await self.process.wait()
+
     async def stop(self, timeout: float = 20.0) -> None:
         """Stop for good: the stop signal, then SIGKILL if it has not exited within `timeout`."""
         self._stopping = True
@@ -131,7 +139,7 @@ class Managed:
                 return
             log.warning("%s exited with %s; restarting in %.1fs", self.name, returncode, backoff)
             await asyncio.sleep(backoff)
-            if self._stopping:
+            if self._stopping or not self.restart:  # paused meanwhile
                 return
             self.restarts += 1
             await self.spawn()
