@@ -69,6 +69,14 @@ class SagaClient:
             raise SagaUnavailable(f"could not start the saga: {error.message}") from error
         return True
 
+    async def exists(self, order_id: str) -> bool | None:
+        """Whether the order's saga was started: None when Temporal cannot tell right now."""
+        try:
+            await self._handle(order_id).describe(rpc_timeout=self._rpc_timeout)
+        except RPCError as error:
+            return False if error.status == RPCStatusCode.NOT_FOUND else None
+        return True
+
     def _handle(self, order_id: str) -> WorkflowHandle[OrderSaga, SagaState]:
         return self._client.get_workflow_handle_for(OrderSaga.run, workflow_id(order_id))
 

@@ -86,10 +86,15 @@ async def place_order(
     try:
         await ctx.sagas.start(_to_domain(order_id, body), ctx.settings.saga)
     except SagaUnavailable:
-        if new:
-            # Nothing runs for this order: forget it, so it is not shown as PENDING forever.
+        # A start that timed out may have started the saga all the same. Forget the request only
+        # when Temporal says no saga runs for it (so it is not shown PENDING for ever); when that
+        # is unknown, keep it: a retry with the same Idempotency-Key starts the same saga, never
+        # a second one that would charge the customer twice.
+        started = await ctx.sagas.exists(order_id)
+        if started is False and new:
             await requests.forget_request(ctx.engine, order_id)
-        raise
+        if started is not True:
+            raise
     if not new:
         response.headers["Idempotent-Replayed"] = "true"
         current = await _order(ctx, order_id)

@@ -10,6 +10,7 @@ import uuid
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
@@ -146,3 +147,42 @@ async def test_a_nats_outage_delays_the_bus_never_a_saga(
 
         counts = await eventually(all_five, 30, f"order {order_id} on JetStream")
         assert set(counts.values()) == {1}, counts
+
+
+async def test_an_order_placed_while_temporal_is_down_starts_once_on_retry(
+    stack: DevStack, settings: Settings, api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    sku = await stocked_sku(api, 5)
+    body = order_body(sku)
+    key = unique("key")
+    await stack.pause("temporal")
+    try:
+        refused = await api.post("/orders", json=body, headers={"Idempotency-Key": key})
+        assert refused.status_code == 503, refused.text
+    finally:
+        await stack.resume("temporal")
+    # Whether the saga started was unknown, so the request is kept: the retry with the same key
+    # is the same order, and starts its one saga.
+    async with engine.connect() as conn:
+        order_id = (
+            await conn.execute(
+                sa.text("SELECT order_id FROM api.order_requests WHERE idempotency_key = :k"),
+                {"k": key},
+            )
+        ).scalar_one()
+
+    async def accepted() -> httpx.Response | None:
+        again = await api.post("/orders", json=body, headers={"Idempotency-Key": key})
+        return again if again.status_code == 202 else None
+
+    again = await eventually(accepted, 60, "Temporal to be back and the order accepted")
+    assert again.json()["order_id"] == order_id
+    assert (await wait_terminal(api, order_id, 60))["status"] == "CONFIRMED"
+    async with engine.connect() as conn:
+        captures = (
+            await conn.execute(
+                sa.text("SELECT count(*) FROM payments.ledger WHERE order_id = :o"),
+                {"o": order_id},
+            )
+        ).scalar_one()
+    assert captures == 1
