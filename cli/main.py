@@ -281,9 +281,9 @@ def _dead_letter_action(dead_letter_id: int, action: str) -> None:
         engine = res.engine(pool_size=2)
         by_name = appliers(await res.store(pool_size=2))
         if action == "retry":
-            n = await ops.retry(engine, by_name, dead_letter_id)
+            n = await ops.retry(engine, by_name, dead_letter_id, res.settings)
             return f"retried: {n} event(s) of the order applied"
-        return await ops.discard(engine, by_name, dead_letter_id)
+        return await ops.discard(engine, by_name, dead_letter_id, res.settings)
 
     try:
         typer.echo(_run(main))

@@ -138,7 +138,10 @@ def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=ps.ack_wait_s,
-                max_deliver=-1,  # it waits out an unavailable API; nothing it reads is poison
+                # The notifier's own rule decides: an order it cannot serve is dead-lettered
+                # after max_attempts, an unavailable API is waited out (JetStream cannot tell
+                # the two apart).
+                max_deliver=-1,
             ),
         )
     )

@@ -79,6 +79,8 @@ class RelaySettings(BaseModel):
 
 class NotifierSettings(BaseModel):
     durable: str = "notifier"
+    # Orders handled at once: a few stuck in the API's min_version wait leave room for the rest.
+    concurrency: int = Field(default=64, ge=1, le=1024)
     # Where the notifier asks for the order (event notification). Unset: this API's address.
     api_url: str | None = None
 

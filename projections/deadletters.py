@@ -1,4 +1,8 @@
-"""Operator actions on dead letters: list, retry (after a fix), discard (skip the event)."""
+"""Operator actions on dead letters: list, retry (after a fix), discard (skip the event).
+
+The read models' dead letters and the notifier's (projection `notifications`) share the table
+and the actions: retrying a notification asks the API for the order again and records it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ordersaga import events
+from ordersaga.settings import Settings, get_settings
+from projections import notifier
 from projections.base import OrderEvent
 from projections.queries import APPLIED_CHANNEL
 from projections.runtime import Applier
@@ -89,14 +95,50 @@ async def _the(conn: AsyncConnection, dead_letter_id: int) -> Any:
     return row
 
 
-async def retry(engine: AsyncEngine, appliers: dict[str, Applier], dead_letter_id: int) -> int:
-    """Apply the order's dead-lettered and parked events again, in version order.
+async def _notify_again(conn: AsyncConnection, dead_letter_id: int, settings: Settings) -> int:
+    """A notification's dead letter: ask the API for the order again and record the message.
+
+    Notifications do not depend on each other, so nothing is parked behind one: one resolved.
+    The row stays locked meanwhile (at most the API's min_version wait), so two operators
+    retrying it at once record it once; the outbox's uniqueness would catch a replay anyway.
+    """
+    payload = (
+        await conn.execute(
+            sa.text("SELECT payload FROM projections.dead_letters WHERE id = :id"),
+            {"id": dead_letter_id},
+        )
+    ).scalar_one()
+    event = OrderEvent.from_cloudevent(events.decode(bytes(payload)))
+    async with notifier.api_client(settings) as http:
+        row = await notifier.message(http, event)
+    await notifier.record(conn, row)
+    await conn.execute(
+        sa.text(
+            "UPDATE projections.dead_letters SET state = 'retried', resolved_at = now() "
+            "WHERE id = :id"
+        ),
+        {"id": dead_letter_id},
+    )
+    return 1
+
+
+async def retry(
+    engine: AsyncEngine,
+    appliers: dict[str, Applier],
+    dead_letter_id: int,
+    settings: Settings | None = None,
+) -> int:
+    """Apply the order's dead-lettered and parked events again, in version order; for the
+    notifier's dead letter, write the notification (from the API at `settings`, by default this
+    process's).
 
     Returns how many were resolved. On failure nothing changes but the recorded error.
     """
     try:
         async with engine.begin() as conn:
             row = await _the(conn, dead_letter_id)
+            if row.projection == notifier.PROJECTION:
+                return await _notify_again(conn, dead_letter_id, settings or get_settings())
             applier = appliers.get(row.projection)
             if applier is None:
                 raise DeadLetterError(f"this process does not run projection {row.projection!r}")
@@ -129,7 +171,12 @@ async def retry(engine: AsyncEngine, appliers: dict[str, Applier], dead_letter_i
         raise DeadLetterError(f"retry failed, the dead letter stays: {message}") from error
 
 
-async def discard(engine: AsyncEngine, appliers: dict[str, Applier], dead_letter_id: int) -> str:
+async def discard(
+    engine: AsyncEngine,
+    appliers: dict[str, Applier],
+    dead_letter_id: int,
+    settings: Settings | None = None,
+) -> str:
     """Skip this event for its projection; then the order's parked events are retried."""
     async with engine.begin() as conn:
         row = await _the(conn, dead_letter_id)
@@ -160,7 +207,7 @@ async def discard(engine: AsyncEngine, appliers: dict[str, Applier], dead_letter
     if not remaining:
         return "discarded"
     try:
-        resolved = await retry(engine, appliers, remaining[0].id)
+        resolved = await retry(engine, appliers, remaining[0].id, settings)
     except DeadLetterError as error:
         return f"discarded; the order's other dead letters stay: {error}"
     return f"discarded; {resolved} parked event(s) of the order applied"

@@ -5,6 +5,14 @@ carry little (event notification), so it asks the API for the order, reading its
 version (`?min_version=`), and records the customer's message in its outbox table, where a real
 mailer would pick it up. The outbox is unique per order and event type: a redelivered event, or
 the same one from a replay, records nothing twice.
+
+Orders are handled concurrently, up to `ORDERSAGA_NOTIFIER__CONCURRENCY` messages at once, and
+the consumer fetches as slots free up, so an order the API cannot serve yet (its read model
+dead-lettered or behind, which costs the API's whole `min_version` wait per attempt) holds up
+only itself. Such an order is retried with backoff and, after `max_attempts` deliveries, written
+to `projections.dead_letters` (projection `notifications`) and acked, where
+`ordersaga deadletters` lists, retries or discards it. An API that cannot be reached is waited
+out, never dead-lettered: infrastructure does not decide a customer's notification.
 """
 
 from __future__ import annotations
@@ -12,20 +20,38 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import nats.errors
 import sqlalchemy as sa
 from nats.aio.msg import Msg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ordersaga import bus, events, runtime
+from ordersaga import runtime
 from ordersaga.domain import EventType
 from ordersaga.settings import Settings
+from projections.base import OrderEvent
+from projections.runtime import DEAD_LETTER, Delivery, dead_letter_row
 
 log = logging.getLogger(__name__)
 
-_SEEN = sa.text("SELECT 1 FROM notifications.outbox WHERE event_id = :e")
+# The notifier's name in `projections.dead_letters`, beside the read models'.
+PROJECTION = "notifications"
+# At stop, how long messages in hand may finish; the rest are left unacked and come back to the
+# next notifier after ack_wait, which the outbox makes harmless.
+DRAIN_S = 5.0
+
+# A redelivery or replay of an event that has its notification, or that an operator owns as a
+# dead letter (open, or discarded on purpose), does nothing.
+_SEEN = sa.text(
+    "SELECT 1 FROM notifications.outbox WHERE event_id = :e "
+    "UNION ALL SELECT 1 FROM projections.dead_letters WHERE projection = :p AND event_id = :e "
+    "LIMIT 1"
+)
 _RECORD = sa.text(
     "INSERT INTO notifications.outbox "
     "(event_id, order_id, event_type, customer_id, subject, body) "
@@ -35,7 +61,12 @@ _RECORD = sa.text(
 
 
 class NotReady(Exception):
-    """The order cannot be read yet (API down, read model behind): try again later."""
+    """The order cannot be served yet (unknown to the API, read model behind or dead-lettered):
+    tried again later, and dead-lettered once the attempts run out."""
+
+
+class Unavailable(NotReady):
+    """The API cannot be reached or failed on its side: waited out, however long it takes."""
 
 
 def compose(event_type: str, order: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -55,63 +86,184 @@ def compose(event_type: str, order: dict[str, Any]) -> tuple[str, dict[str, Any]
     return f"Your order {short} was cancelled", body
 
 
+def api_client(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=settings.api_url(),
+        # Longer than the API's own bound on a min_version wait, so the API answers first.
+        timeout=settings.api.min_version_timeout + 5,
+        # One connection per slot: a slot never queues behind another order's slow answer.
+        limits=httpx.Limits(
+            max_connections=settings.notifier.concurrency,
+            max_keepalive_connections=settings.notifier.concurrency,
+        ),
+    )
+
+
+async def _order(http: httpx.AsyncClient, order_id: str, version: int) -> dict[str, Any]:
+    try:
+        response = await http.get(f"/orders/{order_id}", params={"min_version": version})
+    except httpx.HTTPError as error:
+        raise Unavailable(f"API unreachable: {type(error).__name__}: {error}") from error
+    if response.status_code >= 500 or response.status_code == 429:
+        raise Unavailable(f"API answered {response.status_code}")
+    if response.status_code != 200:
+        raise NotReady(f"API answered {response.status_code}: {response.text[:200]}")
+    if response.headers.get("Read-Model-Stale") == "true":
+        raise NotReady(
+            f"read model has not applied version {version} yet "
+            f"(it has {response.headers.get('Read-Model-Version')})"
+        )
+    order: dict[str, Any] = response.json()
+    return order
+
+
+async def message(http: httpx.AsyncClient, event: OrderEvent) -> dict[str, Any]:
+    """The outbox row for a terminal event, from the API's view of its order."""
+    order = await _order(http, event.order_id, event.version)
+    subject, body = compose(event.event_type, order)
+    return {
+        "event_id": event.event_id,
+        "order_id": order["order_id"],
+        "event_type": event.event_type,
+        "customer_id": order["customer_id"],
+        "subject": subject,
+        "body": json.dumps(body),
+    }
+
+
+async def record(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(_RECORD, row)
+
+
+@asynccontextmanager
+async def _in_progress(msg: Msg, every: float) -> AsyncIterator[None]:
+    """Tell JetStream, while the message is worked on, that it is: a min_version wait can outlast
+    ack_wait, and a second copy would take another slot and count as another delivery."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)  # a heartbeat's period, not a wait for something
+            try:
+                await msg.in_progress()
+            except Exception as error:  # worst case JetStream redelivers: harmless
+                log.debug("in-progress for %s failed: %s", msg.subject, error)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 class Notifier:
     def __init__(self, engine: AsyncEngine, http: httpx.AsyncClient, settings: Settings) -> None:
         self._engine = engine
         self._http = http
-        self._settings = settings
+        # The projector's retry policy, the one the operator already tunes for poison.
+        self._max_attempts = settings.projector.max_attempts
+        self._backoff = settings.projector.backoff_s
+        self._beat_s = settings.projector.ack_wait_s / 2
+        self._concurrency = settings.notifier.concurrency
 
-    async def _order(self, order_id: str, version: int) -> dict[str, Any]:
-        try:
-            response = await self._http.get(f"/orders/{order_id}", params={"min_version": version})
-        except httpx.HTTPError as error:
-            raise NotReady(f"API unreachable: {error}") from error
-        if response.status_code != 200:
-            raise NotReady(f"API answered {response.status_code}")
-        if response.headers.get("Read-Model-Stale") == "true":
-            raise NotReady(f"read model has not applied version {version} yet")
-        order: dict[str, Any] = response.json()
-        return order
+    async def notify(self, event: OrderEvent) -> bool:
+        """Record the event's notification; False when there was nothing to do (a redelivery).
 
-    async def handle(self, msg: Msg) -> None:
-        doc = events.decode(msg.data)
+        No connection is held across the API call, so a few serve every slot."""
         async with self._engine.connect() as conn:
-            if (await conn.execute(_SEEN, {"e": doc["id"]})).first() is not None:
-                await msg.ack()  # recorded already: a redelivery
-                return
-        order = await self._order(str(doc["subject"]), int(doc["streamversion"]))
-        subject, body = compose(str(doc["type"]), order)
+            seen = await conn.execute(_SEEN, {"e": event.event_id, "p": PROJECTION})
+            if seen.first() is not None:
+                return False
+        row = await message(self._http, event)
         async with self._engine.begin() as conn:
-            await conn.execute(
-                _RECORD,
-                {
-                    "event_id": doc["id"],
-                    "order_id": order["order_id"],
-                    "event_type": doc["type"],
-                    "customer_id": order["customer_id"],
-                    "subject": subject,
-                    "body": json.dumps(body),
-                },
-            )
-        await msg.ack()
+            await record(conn, row)
+        return True
+
+    async def process(self, msg: Msg) -> None:
+        """One message to its end: recorded and acked, retried later, or dead-lettered and acked.
+        Never raises: a message whose ack or nak is lost comes back after ack_wait."""
+        delivery = Delivery.of(msg)
+        try:
+            try:
+                if delivery.event is None:
+                    raise NotReady(delivery.error or "undecodable")
+                async with _in_progress(msg, self._beat_s):
+                    await self.notify(delivery.event)
+            except Exception as error:
+                await self._failed(delivery, error)
+                return
+            # Outside the failure path: a lost ack must not make a recorded one a dead letter.
+            await msg.ack()
+        except Exception as error:
+            log.error("notification for %s left to redelivery: %s", msg.subject, error)
+
+    async def _failed(self, delivery: Delivery, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        attempts = delivery.deliveries
+        # Undecodable is undecodable on every delivery: no point in trying again.
+        again = delivery.event is not None and (
+            isinstance(error, Unavailable) or attempts < self._max_attempts
+        )
+        if again:
+            delay = self._backoff[min(attempts, len(self._backoff)) - 1]
+            log.warning(
+                "notification for %s waits %.1fs (delivery %d): %s",
+                delivery.msg.subject, delay, attempts, reason,
+            )  # fmt: skip
+            await delivery.msg.nak(delay=delay)
+            return
+        log.error(
+            "dead-lettering the notification for %s after %d deliveries: %s",
+            delivery.msg.subject, attempts, reason,
+        )  # fmt: skip
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    DEAD_LETTER, [dead_letter_row(PROJECTION, delivery, reason, "failed")]
+                )
+        except Exception as failure:
+            # Neither recorded nor dead-lettered: acking it would drop it. Again later.
+            log.warning("dead letter for %s not written: %s", delivery.msg.subject, failure)
+            await delivery.msg.nak(delay=self._backoff[-1])
+            return
+        await delivery.msg.ack()
+
+    async def consume(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        """Fetch as many messages as there are free slots and handle each in its own task; a slow
+        one holds only its slot, never the next fetch."""
+        busy: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                free = self._concurrency - len(busy)
+                if free == 0:
+                    await asyncio.wait(busy, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue  # nothing new; look at `stop` again
+                for msg in msgs:
+                    task = asyncio.create_task(self.process(msg))
+                    busy.add(task)
+                    task.add_done_callback(busy.discard)
+        finally:
+            if busy:
+                await asyncio.wait(set(busy), timeout=DRAIN_S)
+            left = list(busy)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
-    # Longer than the API's own bound on a min_version wait, so the API answers first.
-    timeout = settings.api.min_version_timeout + 5
     async with runtime.open_resources(settings, "notifier") as res:
-        engine = res.engine(pool_size=2)
+        engine = res.engine(pool_size=4)
         js = await res.jetstream(setup=True)
         sub = await js.pull_subscribe_bind(settings.notifier.durable, settings.nats.stream)
-        http = await res.enter(httpx.AsyncClient(base_url=settings.api_url(), timeout=timeout))
+        http = await res.enter(api_client(settings))
         notifier = Notifier(engine, http, settings)
-        log.info("notifier consuming %s as %s", settings.nats.stream, settings.notifier.durable)
-        async for msgs in bus.batches(sub, 32, stop):
-            for msg in msgs:
-                try:
-                    await notifier.handle(msg)
-                except Exception as error:  # try again later, never drop
-                    delay = min(2 ** (msg.metadata.num_delivered or 1), 30)
-                    log.warning("notification for %s waits %ss: %s", msg.subject, delay, error)
-                    await msg.nak(delay=delay)
+        log.info(
+            "notifier consuming %s as %s, %d at a time",
+            settings.nats.stream, settings.notifier.durable, settings.notifier.concurrency,
+        )  # fmt: skip
+        await notifier.consume(sub, stop)

@@ -73,7 +73,7 @@ _PROGRESS = sa.text(
     FROM moved
     """
 )
-_DEAD_LETTER = sa.text(
+DEAD_LETTER = sa.text(
     "INSERT INTO projections.dead_letters (projection, order_id, version, event_id, event_type, "
     "subject, stream_seq, deliveries, payload, error, state) VALUES (:projection, :order_id, "
     ":version, :event_id, :event_type, :subject, :stream_seq, :deliveries, :payload, :error, "
@@ -274,7 +274,7 @@ class PartitionConsumer:
         if outcome.held:
             held = {(e.order_id, e.version) for e in outcome.held}
             await conn.execute(
-                _DEAD_LETTER,
+                DEAD_LETTER,
                 [
                     dead_letter_row(applier.name, d, "waiting behind a dead letter", "waiting")
                     for d in deliveries
@@ -362,5 +362,5 @@ class PartitionConsumer:
     async def _dead_letter(self, delivery: Delivery, names: list[str], error: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                _DEAD_LETTER, [dead_letter_row(name, delivery, error, "failed") for name in names]
+                DEAD_LETTER, [dead_letter_row(name, delivery, error, "failed") for name in names]
             )
