@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_temporal import run_bare
 
+from ordersaga import bus, relay
+from ordersaga.db import create_pool
 from ordersaga.devstack import DevStack, isolated_settings
 from ordersaga.domain import workflow_id
 from ordersaga.runtime import connect_temporal
@@ -66,11 +68,48 @@ async def run_ours(
     return rate, counts
 
 
+async def relay_lag(settings: Settings) -> dict[str, float]:
+    """From each event's time in the store to its time in JetStream, over every event of the run
+    (the relay publishes while the sagas run, so this is the lag under the benchmark's load)."""
+    deadline = time.monotonic() + 60
+    pool = await create_pool(settings, size=1)
+    nc = await bus.connect(settings, "bench")
+    try:
+        while time.monotonic() < deadline:
+            if not (await relay.status(pool))["lag_events"]:
+                break
+            await asyncio.sleep(0.2)  # poll: the relay is catching up
+        stored = {
+            str(r["event_id"]): r["occurred_at"]
+            for r in await pool.fetch("SELECT event_id, occurred_at FROM eventstore.events")
+        }
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            f"{settings.nats.subject_prefix}.>", stream=settings.nats.stream, ordered_consumer=True
+        )
+        lags: list[float] = []
+        for _ in range(int((await js.stream_info(settings.nats.stream)).state.messages)):
+            msg = await sub.next_msg(timeout=5)
+            at = stored.get((msg.headers or {}).get("Nats-Msg-Id", ""))
+            if at is not None:
+                lags.append((msg.metadata.timestamp - at).total_seconds() * 1000)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+        await pool.close()
+    lags.sort()
+
+    def pick(q: float) -> float:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1)
+
+    return {"events": len(lags), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}
+
+
 async def main(n: int, rounds: int, read_side: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
         # By default the whole stack runs, as `make dev` runs it; without the read side
         # (projector, notifier) the figure shows what those cost on the same cores.
-        apps = DevStack.APPS if read_side else ("worker", "api")
+        apps = DevStack.APPS if read_side else ("worker", "relay", "api")
         stack = DevStack(isolated_settings(Path(data)), ui=False, apps=apps)
         resolved = await stack.start()
         try:
@@ -94,11 +133,16 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
                         f"(ratio {rate / bare[-1]:.2f}; outcomes {counts})",
                         flush=True,
                     )
+            lag = await relay_lag(resolved)
         finally:
             await stack.stop()
     b, o = statistics.median(bare), statistics.median(ours)
     print(
         f"median: bare {b:.1f} workflows/s, ours {o:.1f} sagas/s, ratio {o / b:.2f} (goal {GOAL})"
+    )
+    print(
+        f"relay lag (store -> JetStream) over {lag['events']} events: "
+        f"p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms"
     )
     print(
         json.dumps(
@@ -114,6 +158,7 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
                 "read_side": read_side,
                 "ours_runs": [round(x, 2) for x in ours],
                 "bare_runs": [round(x, 2) for x in bare],
+                "relay_lag_ms": {k: v for k, v in lag.items() if k != "events"},
             }
         )
     )
