@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -68,6 +69,40 @@ async def run_ours(
     return rate, counts
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(stack: DevStack) -> dict[str, float]:
+    """CPU time (user + system) so far of every part of the stack with all its descendants
+    (Postgres's backends count as Postgres), and of this process (the client, and the bare
+    baseline's worker). Backends that have exited are not counted: pooled ones live on."""
+    parts = {part.process.pid: name for name, part in stack.parts.items() if part.process}
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    out = dict.fromkeys(stack.parts, 0.0)
+    for pid, seconds in used.items():
+        ancestor = pid
+        while ancestor > 1 and ancestor not in parts:
+            ancestor = parent.get(ancestor, 0)
+        if ancestor in parts:
+            out[parts[ancestor]] += seconds
+    mine = os.times()
+    out["bench"] = mine.user + mine.system
+    return out
+
+
+def per_saga_ms(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {k: round((after[k] - before.get(k, 0.0)) * 1000 / n, 1) for k in after}
+
+
 async def relay_lag(settings: Settings) -> dict[str, float]:
     """From each event's time in the store to its time in JetStream, over every event of the run
     (the relay publishes while the sagas run, so this is the lag under the benchmark's load)."""
@@ -124,10 +159,17 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
                 )  # warm-up: connections, caches, JIT-free paths
                 bare: list[float] = []
                 ours: list[float] = []
+                cpu_bare: list[dict[str, float]] = []
+                cpu_ours: list[dict[str, float]] = []
                 for r in range(rounds):
+                    t0 = cpu_seconds(stack)
                     bare.append(await run_bare(client, n))
+                    t1 = cpu_seconds(stack)
                     rate, counts = await run_ours(api, resolved, n, sku)
+                    t2 = cpu_seconds(stack)
                     ours.append(rate)
+                    cpu_bare.append(per_saga_ms(t0, t1, n))
+                    cpu_ours.append(per_saga_ms(t1, t2, n))
                     print(
                         f"round {r + 1}: bare {bare[-1]:.1f} wf/s, ours {rate:.1f} sagas/s "
                         f"(ratio {rate / bare[-1]:.2f}; outcomes {counts})",
@@ -137,6 +179,17 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
         finally:
             await stack.stop()
     b, o = statistics.median(bare), statistics.median(ours)
+    cpu = {
+        side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for side, runs in (("bare", cpu_bare), ("ours", cpu_ours))
+    }
+    print(
+        "CPU ms per saga (median of rounds; bare: the same server, the baseline's worker in bench)"
+    )
+    for k in cpu["ours"]:
+        print(f"  {k:<10} bare {cpu['bare'][k]:>7.1f}   ours {cpu['ours'][k]:>7.1f}")
+    print(f"  {'total':<10} bare {sum(cpu['bare'].values()):>7.1f}   "
+          f"ours {sum(cpu['ours'].values()):>7.1f}")  # fmt: skip
     print(
         f"median: bare {b:.1f} workflows/s, ours {o:.1f} sagas/s, ratio {o / b:.2f} (goal {GOAL})"
     )
@@ -159,6 +212,7 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
                 "ours_runs": [round(x, 2) for x in ours],
                 "bare_runs": [round(x, 2) for x in bare],
                 "relay_lag_ms": {k: v for k, v in lag.items() if k != "events"},
+                "cpu_ms_per_saga": cpu,
             }
         )
     )
