@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "worker") as res:
-        engine = res.engine()
+        engine = await res.engine()
         activities = OrderActivities(
             await res.store(),
             PostgresInventory(engine),

@@ -29,7 +29,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
         async with runtime.open_resources(s, "api") as res:
-            engine = res.engine()
+            engine = await res.engine()
             watch = await res.enter(AppliedWatch(s))
             temporal = await res.temporal()
             app.state.ctx = AppContext(

@@ -129,6 +129,8 @@ def api() -> None:
     from api.app import create_app
 
     settings = _settings()
+    # The lifespan checks too, but uvicorn would wrap a refusal there in a traceback.
+    _run(lambda res: res.check_servers(), "api")
     uvicorn.run(
         create_app(settings, make_inventory=PostgresInventory),
         host=settings.api.host,
@@ -146,6 +148,7 @@ def migrate(
     from ordersaga import migrations
 
     settings = _settings()
+    _run(lambda res: res.pool(size=1))  # Postgres's version, before anything changes on it
     if down:
         migrations.downgrade(settings, revision)
     else:
@@ -203,7 +206,9 @@ def projections_status() -> None:
     from projections.status import projection_status
 
     async def main(res: Resources) -> list[dict[str, object]]:
-        return await projection_status(await res.jetstream(), res.engine(pool_size=1), res.settings)
+        return await projection_status(
+            await res.jetstream(), await res.engine(pool_size=1), res.settings
+        )
 
     typer.echo(json.dumps(_run(main), indent=2))
 
@@ -219,7 +224,7 @@ def rebuild(
         raise typer.Exit(_fail(f"unknown read model {name!r}; there is: orders"))
 
     async def main(res: Resources) -> RebuildReport:
-        return await rebuild_orders(res.engine(pool_size=2), await res.store(pool_size=2))
+        return await rebuild_orders(await res.engine(pool_size=2), await res.store(pool_size=2))
 
     report = _run(main)
     typer.echo(f"rebuilt orders: {report.events} events replayed, {report.orders} orders")
@@ -266,7 +271,9 @@ def deadletters_list(
     from projections.deadletters import list_dead_letters
 
     async def main(res: Resources) -> list[dict[str, object]]:
-        found = await list_dead_letters(res.engine(pool_size=1), projection, resolved=resolved)
+        found = await list_dead_letters(
+            await res.engine(pool_size=1), projection, resolved=resolved
+        )
         return [d.as_dict() for d in found]
 
     typer.echo(json.dumps(_run(main), indent=2))
@@ -278,7 +285,7 @@ def _dead_letter_action(dead_letter_id: int, action: str) -> None:
     from projections.runner import appliers
 
     async def main(res: Resources) -> str:
-        engine = res.engine(pool_size=2)
+        engine = await res.engine(pool_size=2)
         by_name = appliers(await res.store(pool_size=2))
         if action == "retry":
             n = await ops.retry(engine, by_name, dead_letter_id, res.settings)
@@ -331,4 +338,11 @@ def events_tail(
 
 
 def main() -> None:
-    app()
+    from ordersaga.bus import BusMismatch
+    from ordersaga.versions import UnsupportedServer
+
+    try:
+        app()
+    except (UnsupportedServer, BusMismatch) as error:
+        # What an operator must fix on a server: one line, no traceback, nothing changed.
+        raise SystemExit(_fail(str(error))) from None

@@ -148,14 +148,45 @@ def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
     return specs
 
 
-async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> str:
-    assert wanted.name is not None
+class BusMismatch(Exception):
+    """A stream on the server that ordersaga cannot update in place; the message says what to do."""
+
+
+# What a stream of ours must have that JetStream cannot change in place (storage, retention), or
+# that we will not change under someone else's feet (the subjects it captures).
+_FIXED = ("subjects", "storage", "retention")
+
+
+async def _existing(js: JetStreamContext, name: str) -> StreamConfig | None:
     try:
-        info = await js.stream_info(wanted.name)
+        return (await js.stream_info(name)).config
     except NotFoundError:
+        return None
+
+
+def _mismatch(have: StreamConfig, wanted: StreamConfig) -> str | None:
+    diffs = []
+    for key in _FIXED:
+        theirs, ours = _plain(getattr(have, key)), _plain(getattr(wanted, key))
+        if ours is not None and theirs != ours:
+            diffs.append(f"{key} {theirs} (ordersaga needs {ours})")
+    if not diffs:
+        return None
+    return (
+        f"the NATS server has a stream {wanted.name} with {', '.join(diffs)}, which cannot be "
+        f"updated in place: remove it (nats stream rm {wanted.name}) if it is an old one of "
+        "ordersaga's, or choose other names with ORDERSAGA_NATS__STREAM / "
+        "ORDERSAGA_NATS__PARTITIONED_STREAM and ORDERSAGA_NATS__SUBJECT_PREFIX"
+    )
+
+
+async def _ensure_stream(
+    js: JetStreamContext, wanted: StreamConfig, have_config: StreamConfig | None
+) -> str:
+    if have_config is None:
         await js.add_stream(config=wanted)
         return "created"
-    have = info.config.as_dict()
+    have = have_config.as_dict()
     if any(have.get(k) != v for k, v in wanted.as_dict().items() if k != "description"):
         await js.update_stream(config=wanted)
         return "updated"
@@ -165,8 +196,18 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> str:
 async def setup(js: JetStreamContext, settings: Settings) -> list[str]:
     """Create or update every stream and durable consumer; safe to run from every process."""
     report = []
-    for config in (stream_config(settings), partitioned_stream_config(settings)):
-        outcome = await _ensure_stream(js, config)
+    wanted = [stream_config(settings), partitioned_stream_config(settings)]
+    # Every stream is checked before any is changed: a refusal leaves nothing half set up.
+    existing = []
+    for config in wanted:
+        assert config.name is not None
+        have = await _existing(js, config.name)
+        problem = None if have is None else _mismatch(have, config)
+        if problem is not None:
+            raise BusMismatch(problem)
+        existing.append(have)
+    for config, have in zip(wanted, existing, strict=True):
+        outcome = await _ensure_stream(js, config, have)
         report.append(f"stream {config.name}: {outcome}")
     for spec in consumer_specs(settings):
         # Without an action, the server creates the durable or updates its editable fields.

@@ -32,6 +32,12 @@ def _address(settings: Settings) -> dict[str, object]:
     }
 
 
+def where(settings: Settings) -> str:
+    """The database's address for messages: host, port and name, never the password."""
+    url = make_url(settings.database_url())
+    return f"{url.host}:{url.port or 5432}/{url.database}"
+
+
 def create_engine(
     settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True
 ) -> AsyncEngine:

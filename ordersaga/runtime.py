@@ -20,7 +20,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.service import RPCError, RPCStatusCode
 
-from ordersaga import bus, db
+from ordersaga import bus, db, versions
 from ordersaga.domain import SEARCH_ATTRIBUTES
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
@@ -92,16 +92,26 @@ class Resources:
         self._nats: NATS | None = None
         self._temporal: Client | None = None
 
-    def engine(self, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
+    # Every server is checked for its version on first use, before anything is changed on it:
+    # too old a server stops the process with one line (versions.UnsupportedServer).
+
+    async def engine(self, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
         if self._engine is None:
-            self._engine = db.create_engine(self.settings, pool_size=pool_size, pre_ping=pre_ping)
-            self._stack.push_async_callback(self._engine.dispose)
+            engine = db.create_engine(self.settings, pool_size=pool_size, pre_ping=pre_ping)
+            self._stack.push_async_callback(engine.dispose)
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                await versions.check_postgres(raw.driver_connection, db.where(self.settings))
+            self._engine = engine
         return self._engine
 
     async def pool(self, *, size: int | None = None) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await db.create_pool(self.settings, size=size)
-            self._stack.push_async_callback(self._pool.close)
+            pool = await db.create_pool(self.settings, size=size)
+            self._stack.push_async_callback(pool.close)
+            async with pool.acquire() as conn:
+                await versions.check_postgres(conn, db.where(self.settings))
+            self._pool = pool
         return self._pool
 
     async def store(self, *, pool_size: int | None = None) -> EventStore:
@@ -113,8 +123,10 @@ class Resources:
 
     async def nats(self) -> NATS:
         if self._nats is None:
-            self._nats = await bus.connect(self.settings, self.name)
-            self._stack.push_async_callback(self._nats.close)
+            nc = await bus.connect(self.settings, self.name)
+            self._stack.push_async_callback(nc.close)
+            await versions.check_nats(nc, self.settings.nats_url())
+            self._nats = nc
         return self._nats
 
     async def jetstream(self, *, setup: bool = False) -> JetStreamContext:
@@ -127,8 +139,16 @@ class Resources:
     async def temporal(self) -> Client:
         # The SDK's client holds no resource that needs closing.
         if self._temporal is None:
-            self._temporal = await connect_temporal(self.settings)
+            client = await connect_temporal(self.settings)
+            await versions.check_temporal(client, self.settings.temporal_address())
+            self._temporal = client
         return self._temporal
+
+    async def check_servers(self) -> None:
+        """Check Postgres, NATS and Temporal now, before anything else touches them."""
+        await self.pool(size=1)
+        await self.nats()
+        await self.temporal()
 
     async def enter(self, context: AbstractAsyncContextManager[T]) -> T:
         """Enter a context of the process's own; it is exited with the rest, in reverse order."""

@@ -257,7 +257,7 @@ class Notifier:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "notifier") as res:
-        engine = res.engine(pool_size=4)
+        engine = await res.engine(pool_size=4)
         js = await res.jetstream(setup=True)
         sub = await js.pull_subscribe_bind(settings.notifier.durable, settings.nats.stream)
         http = await res.enter(api_client(settings))

@@ -86,6 +86,7 @@ class DevStack:
                 self.parts[part.name] = part
                 await part.spawn()
             await asyncio.gather(*(part.wait_ready() for part in infra))
+            await self._check_versions()
             from ordersaga import migrations
 
             await asyncio.to_thread(migrations.upgrade, self.settings)
@@ -151,6 +152,16 @@ class DevStack:
                 "ports already in use: " + ", ".join(busy) + ". Stop what listens there "
                 "(another `ordersaga dev`?) or choose other ports with those variables."
             )
+
+    async def _check_versions(self) -> None:
+        """Servers given by URL may be too old: say so in one line before changing anything."""
+        from ordersaga import runtime, versions
+
+        try:
+            async with runtime.open_resources(self.settings, "dev") as res:
+                await res.check_servers()
+        except versions.UnsupportedServer as error:
+            raise StackError(str(error)) from None
 
     async def pause(self, name: str) -> None:
         """Hold one part down (chaos tests): killed, and not restarted until `resume`."""
