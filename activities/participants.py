@@ -124,6 +124,21 @@ class PostgresInventory:
 
     async def release(self, order_id: str) -> Reservation | None:
         async with self._engine.begin() as conn:
+            # Nothing reserved: leave a void marker in its place, so a late reservation (an
+            # attempt Temporal gave up on, still running) finds it and takes no stock after this.
+            voided = (
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO inventory.reservations "
+                        "(order_id, lines, status, released_at, voided) "
+                        "VALUES (:o, '{}', 'RELEASED', now(), true) "
+                        "ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
+                    ),
+                    {"o": order_id},
+                )
+            ).one_or_none()
+            if voided is not None:
+                return None
             row = (
                 await conn.execute(
                     sa.text(
@@ -140,7 +155,7 @@ class PostgresInventory:
                     await conn.execute(
                         sa.text(
                             "SELECT lines FROM inventory.reservations "
-                            "WHERE order_id = :o AND status = 'RELEASED'"
+                            "WHERE order_id = :o AND status = 'RELEASED' AND NOT voided"
                         ),
                         {"o": order_id},
                     )
@@ -198,6 +213,9 @@ class PostgresPayments:
                     f"payment provider timed out (test token {TOKEN_FLAKY}, attempt {attempt})"
                 )
         async with self._engine.begin() as conn:
+            await self._lock(conn, order_id)
+            if await self._find(conn, order_id, "VOID") is not None:
+                raise RuntimeError(f"payment of order {order_id} was voided by its refund already")
             await conn.execute(
                 sa.text(
                     "INSERT INTO payments.ledger (order_id, kind, amount, currency) "
@@ -209,8 +227,27 @@ class PostgresPayments:
         assert captured is not None
         return captured
 
+    @staticmethod
+    async def _lock(conn: AsyncConnection, order_id: str) -> None:
+        """Capture and refund of one order serialise: a refund either sees the capture, or voids
+        the payment first, so a late capture (an attempt Temporal gave up on) takes nothing."""
+        await conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended('payments:' || :o, 0))"),
+            {"o": order_id},
+        )
+
     async def refund(self, order_id: str) -> Payment | None:
         async with self._engine.begin() as conn:
+            await self._lock(conn, order_id)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO payments.ledger (order_id, kind, amount, currency) "
+                    "SELECT :o, 'VOID', 0, '' WHERE NOT EXISTS (SELECT 1 FROM payments.ledger "
+                    "WHERE order_id = :o AND kind = 'CAPTURE') "
+                    "ON CONFLICT (order_id, kind) DO NOTHING"
+                ),
+                {"o": order_id},
+            )
             await conn.execute(
                 sa.text(
                     "INSERT INTO payments.ledger (order_id, kind, amount, currency) "
@@ -253,14 +290,24 @@ class PostgresShipping:
 
     async def cancel(self, order_id: str) -> Shipment | None:
         async with self._engine.begin() as conn:
+            # Nothing scheduled: a void marker in its place, so a late scheduling attempt finds
+            # it cancelled and ships nothing.
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO shipping.shipments (order_id, country, status, cancelled_at, "
+                    "voided) VALUES (:o, '', 'CANCELLED', now(), true) "
+                    "ON CONFLICT (order_id) DO NOTHING"
+                ),
+                {"o": order_id},
+            )
             row = (
                 await conn.execute(
                     sa.text(
                         "UPDATE shipping.shipments SET status = 'CANCELLED', "
                         "cancelled_at = coalesce(cancelled_at, now()) WHERE order_id = :o "
-                        "RETURNING shipment_id::text AS shipment_id, country"
+                        "RETURNING shipment_id::text AS shipment_id, country, voided"
                     ),
                     {"o": order_id},
                 )
-            ).one_or_none()
-        return None if row is None else Shipment(order_id, row.shipment_id, row.country)
+            ).one()
+        return None if row.voided else Shipment(order_id, row.shipment_id, row.country)

@@ -29,6 +29,9 @@ from ordersaga.participants import Inventory, Payments, Shipping, TransientParti
 
 log = logging.getLogger(__name__)
 
+# A saga records nothing after these.
+_FINAL = frozenset({EventType.CONFIRMED, EventType.CANCELLED})
+
 
 class OrderActivities:
     def __init__(
@@ -51,8 +54,10 @@ class OrderActivities:
         The workflow is the stream's single writer, but it can be behind its stream: a step that
         recorded its fact and then failed (its retries ran out before it could report) leaves the
         workflow at the version before that fact. Such facts are this saga's own, so recording
-        adopts them: an event of the same type already past the expected version is this very
-        fact (an earlier attempt of this call), and anything else is followed, never fought.
+        follows them instead of fighting them; the same fact with the same data is this very
+        call's, stored already. Nothing is ever recorded after the saga's final event: an attempt
+        Temporal gave up on, finishing late, is refused (its participant call was voided by the
+        compensation that ran meanwhile).
         """
         while True:
             version = expected_version + 1
@@ -63,13 +68,20 @@ class OrderActivities:
                     expected_version,
                 )
                 return version
-            except ConcurrencyError:
+            except ConcurrencyError as conflict:
                 later = await self._store.read_stream(order_id, expected_version + 1)
-                if not later:
-                    raise  # behind the saga's version: nothing to adopt, a bug to see
+                if not later:  # the stream is behind the saga: a bug to see, not to retry
+                    raise ApplicationError(str(conflict), non_retryable=True) from conflict
                 for event in later:
-                    if event.event_type == event_type:
+                    if event.event_type == event_type and event.data == data:
                         return event.version
+                    if event.event_type in _FINAL:
+                        raise ApplicationError(
+                            f"order {order_id} has ended ({event.event_type}); "
+                            f"not recording {event_type} after it",
+                            type="SagaEnded",
+                            non_retryable=True,
+                        ) from conflict
                 log.info(
                     "order %s: the saga was at version %d, its stream at %d; recording %s after",
                     order_id, expected_version, later[-1].version, event_type.short_name,

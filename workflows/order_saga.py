@@ -55,16 +55,18 @@ class OrderSaga:
 
     Guarantees:
     - Every step is compensated if the order does not end CONFIRMED, in reverse order, including a
-      step whose outcome is unknown (its retries ran out): compensations are idempotent and undo
-      nothing when nothing is held.
-    - A step that is running is never abandoned: a cancel (the `cancel` update, or a Temporal
-      cancellation of the workflow, which arrives as `asyncio.CancelledError`) is noted, the step
-      finishes, and then it is compensated. So no late participant call can land after its undo.
-    - Compensations are retried with backoff; when their retries run out the order becomes
-      REQUIRES_ATTENTION and the workflow waits for the `retry_compensation` update. It never
-      gives up on a compensation.
+      step whose outcome is unknown (its time budget ran out): compensations are idempotent, and
+      one that finds nothing held leaves a void marker, so an attempt of the step that is still
+      running (Temporal gave up on it) takes nothing after its undo.
+    - A cancel never abandons a running step: the `cancel` update, or a Temporal cancellation of
+      the workflow (which arrives as `asyncio.CancelledError`), is noted, the step finishes, and
+      then it is compensated.
+    - Retries are time budgets (`SagaPolicy`): an outage within the budget only delays a step.
+      Compensations that run out of theirs make the order REQUIRES_ATTENTION, and the workflow
+      waits for the `retry_compensation` update. It never gives up on a compensation.
     - Each event is recorded at the version the workflow expects, with an id derived from it, so
-      replays and activity retries store and publish each fact exactly once.
+      replays and activity retries store each fact once (the relay publishes it once); a
+      recording that finds the stream ahead of it follows this saga's own facts.
     """
 
     def __init__(self) -> None:
@@ -236,7 +238,7 @@ class OrderSaga:
 
     async def _record(self, event_type: EventType, data: dict[str, Any]) -> None:
         # A local activity: recording rides in the current workflow task, with no extra round
-        # trip to the server. It retries until Postgres and NATS take the event.
+        # trip to the server. It retries until the event store takes the event.
         result = await self._shielded(
             workflow.execute_local_activity(
                 "record_event",

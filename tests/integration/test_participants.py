@@ -79,3 +79,29 @@ async def test_shipping_refuses_country_zz_and_cancels_idempotently(engine: Asyn
     assert await shipping.cancel(oid()) is None
     with pytest.raises(ShippingUnavailable):
         await shipping.schedule(oid(), Address("Ada", "1 Main St", "Nowhere", "0", "ZZ"))
+
+
+async def test_an_undo_before_its_step_voids_the_late_step(engine: AsyncEngine) -> None:
+    """A step attempt Temporal gave up on can still be running when the saga compensates it:
+    the undo leaves a void marker, and the late step then takes nothing."""
+    inventory, payments, shipping = (
+        PostgresInventory(engine), PostgresPayments(engine), PostgresShipping(engine)
+    )  # fmt: skip
+    sku = f"v-{uuid.uuid4().hex[:8]}"
+    await inventory.set_stock(sku, 5)
+    order = oid()
+    assert await inventory.release(order) is None
+    with pytest.raises(RuntimeError, match="RELEASED"):
+        await inventory.reserve(order, [OrderItem(sku, 2, 100)])
+    assert await inventory.get_stock(sku) == {"sku": sku, "available": 5, "reserved": 0}
+    assert await inventory.release(order) is None  # a retried undo still undoes nothing
+
+    assert await payments.refund(order) is None
+    with pytest.raises(RuntimeError, match="voided"):
+        await payments.capture(order, "tok_visa", 700, "EUR")
+    assert await payments.refund(order) is None
+
+    assert await shipping.cancel(order) is None
+    with pytest.raises(RuntimeError, match="CANCELLED"):
+        await shipping.schedule(order, Address("Ada", "1 Main St", "Berlin", "10115", "DE"))
+    assert await shipping.cancel(order) is None
