@@ -95,30 +95,35 @@ async def _the(conn: AsyncConnection, dead_letter_id: int) -> Any:
     return row
 
 
-async def _notify_again(conn: AsyncConnection, dead_letter_id: int, settings: Settings) -> int:
+async def _notify_again(engine: AsyncEngine, dead_letter_id: int, settings: Settings) -> int:
     """A notification's dead letter: ask the API for the order again and record the message.
 
     Notifications do not depend on each other, so nothing is parked behind one: one resolved.
-    The row stays locked meanwhile (at most the API's min_version wait), so two operators
-    retrying it at once record it once; the outbox's uniqueness would catch a replay anyway.
+    No transaction is open while the API answers (an open one would hold back every reader of
+    the event store's feed); the letter is resolved and the message recorded together after,
+    once: a second operator's retry finds it resolved, and the outbox is unique per event.
     """
-    payload = (
-        await conn.execute(
-            sa.text("SELECT payload FROM projections.dead_letters WHERE id = :id"),
-            {"id": dead_letter_id},
-        )
-    ).scalar_one()
+    async with engine.connect() as conn:
+        payload = (
+            await conn.execute(
+                sa.text("SELECT payload FROM projections.dead_letters WHERE id = :id"),
+                {"id": dead_letter_id},
+            )
+        ).scalar_one()
     event = OrderEvent.from_cloudevent(events.decode(bytes(payload)))
     async with notifier.api_client(settings) as http:
         row = await notifier.message(http, event)
-    await notifier.record(conn, row)
-    await conn.execute(
-        sa.text(
-            "UPDATE projections.dead_letters SET state = 'retried', resolved_at = now() "
-            "WHERE id = :id"
-        ),
-        {"id": dead_letter_id},
-    )
+    async with engine.begin() as conn:
+        resolved = await conn.execute(
+            sa.text(
+                "UPDATE projections.dead_letters SET state = 'retried', resolved_at = now() "
+                "WHERE id = :id AND resolved_at IS NULL RETURNING id"
+            ),
+            {"id": dead_letter_id},
+        )
+        if resolved.first() is None:
+            raise DeadLetterError(f"dead letter {dead_letter_id} was resolved meanwhile")
+        await notifier.record(conn, row)
     return 1
 
 
@@ -135,10 +140,12 @@ async def retry(
     Returns how many were resolved. On failure nothing changes but the recorded error.
     """
     try:
+        async with engine.connect() as conn:
+            projection = (await _the(conn, dead_letter_id)).projection
+        if projection == notifier.PROJECTION:
+            return await _notify_again(engine, dead_letter_id, settings or get_settings())
         async with engine.begin() as conn:
             row = await _the(conn, dead_letter_id)
-            if row.projection == notifier.PROJECTION:
-                return await _notify_again(conn, dead_letter_id, settings or get_settings())
             applier = appliers.get(row.projection)
             if applier is None:
                 raise DeadLetterError(f"this process does not run projection {row.projection!r}")

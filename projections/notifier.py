@@ -66,7 +66,19 @@ class NotReady(Exception):
 
 
 class Unavailable(NotReady):
-    """The API cannot be reached or failed on its side: waited out, however long it takes."""
+    """The API cannot be reached or failed on its side, or the read model is merely behind:
+    waited out, however long it takes."""
+
+
+# Infrastructure, never a reason to dead-letter a notification: the API or the read side away,
+# or this process's own database (the dead letter could not even be written then).
+_WAITED_OUT = (
+    Unavailable,
+    OSError,
+    TimeoutError,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+)
 
 
 def compose(event_type: str, order: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -109,10 +121,15 @@ async def _order(http: httpx.AsyncClient, order_id: str, version: int) -> dict[s
     if response.status_code != 200:
         raise NotReady(f"API answered {response.status_code}: {response.text[:200]}")
     if response.headers.get("Read-Model-Stale") == "true":
-        raise NotReady(
+        behind = (
             f"read model has not applied version {version} yet "
             f"(it has {response.headers.get('Read-Model-Version')})"
         )
+        if response.headers.get("Read-Model-Blocked") == "true":
+            # Behind a dead letter of the read model: only an operator moves it on.
+            raise NotReady(f"{behind}: it waits behind a dead letter")
+        # Merely behind (a projector down or catching up): infrastructure, waited out.
+        raise Unavailable(behind)
     order: dict[str, Any] = response.json()
     return order
 
@@ -201,7 +218,7 @@ class Notifier:
         attempts = delivery.deliveries
         # Undecodable is undecodable on every delivery: no point in trying again.
         again = delivery.event is not None and (
-            isinstance(error, Unavailable) or attempts < self._max_attempts
+            isinstance(error, _WAITED_OUT) or attempts < self._max_attempts
         )
         if again:
             delay = self._backoff[min(attempts, len(self._backoff)) - 1]

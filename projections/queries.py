@@ -25,6 +25,7 @@ __all__ = [
     "InvalidCursor",
     "Page",
     "customer_orders",
+    "dead_lettered",
     "get_order",
     "list_orders",
     "projection_status",
@@ -122,6 +123,19 @@ async def customer_orders(
         engine, "readmodel.customer_orders", _CUSTOMER_COLUMNS, ["customer_id = :c"],
         {"c": customer_id}, limit, cursor,
     )  # fmt: skip
+
+
+async def dead_lettered(engine: AsyncEngine, projection: str, order_id: str) -> bool:
+    """Whether the order has an open dead letter in the projection (its later events wait)."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            sa.text(
+                "SELECT 1 FROM projections.dead_letters WHERE projection = :p AND order_id = :o "
+                "AND resolved_at IS NULL LIMIT 1"
+            ),
+            {"p": projection, "o": order_id},
+        )
+        return found.first() is not None
 
 
 async def sales(engine: AsyncEngine, first: date, last: date, sku: str | None) -> list[Row]:

@@ -86,12 +86,12 @@ async def place_order(
     try:
         await ctx.sagas.start(_to_domain(order_id, body), ctx.settings.saga)
     except SagaUnavailable:
-        # A start that timed out may have started the saga all the same. Forget the request only
-        # when Temporal says no saga runs for it (so it is not shown PENDING for ever); when that
-        # is unknown, keep it: a retry with the same Idempotency-Key starts the same saga, never
-        # a second one that would charge the customer twice.
+        # A start that timed out may have started the saga all the same. With an
+        # Idempotency-Key the request is kept: a retry with the key is this order, and either
+        # starts its saga or finds it running, never a second one that would charge twice.
+        # Without a key no retry can find it, so it is forgotten unless the saga did start.
         started = await ctx.sagas.exists(order_id)
-        if started is False and new:
+        if new and idempotency_key is None and started is not True:
             await requests.forget_request(ctx.engine, order_id)
         if started is not True:
             raise
@@ -129,6 +129,9 @@ async def _order(ctx: AppContext, order_id: str) -> dict[str, Any] | None:
 
 STALE_HEADER = "Read-Model-Stale"
 VERSION_HEADER = "Read-Model-Version"
+# With a stale answer: the order's read model waits behind a dead letter, so waiting longer will
+# not help until an operator acts (`ordersaga deadletters`).
+BLOCKED_HEADER = "Read-Model-Blocked"
 
 
 @router.get("/{order_id}", responses={404: {"description": "unknown order"}})
@@ -143,7 +146,8 @@ async def get_order(
             le=100_000,
             description="Read your writes: wait (bounded) until the read model has applied this "
             "stream version. If the bound passes, the answer is what it has, marked "
-            f"`{STALE_HEADER}: true`.",
+            f"`{STALE_HEADER}: true` (and `{BLOCKED_HEADER}: true` when the order waits behind "
+            "a dead letter of the read model).",
         ),
     ] = None,
 ) -> OrderOut:
@@ -161,6 +165,8 @@ async def get_order(
 
         if not await ctx.watch.wait_for("orders", reached, ctx.settings.api.min_version_timeout):
             response.headers[STALE_HEADER] = "true"
+            if await queries.dead_lettered(ctx.engine, "orders", str(order_id)):
+                response.headers[BLOCKED_HEADER] = "true"
     response.headers[VERSION_HEADER] = str(row["version"])
     return OrderOut(**row)
 
