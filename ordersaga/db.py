@@ -65,10 +65,15 @@ async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg
     return pool
 
 
-async def connect(settings: Settings, application_name: str) -> asyncpg.Connection:
-    """One dedicated session (LISTEN, advisory locks): not from a pool, it lives on its own."""
+async def connect(settings: Settings, application_name: str, **session: str) -> asyncpg.Connection:
+    """One dedicated session (LISTEN, advisory locks): not from a pool, it lives on its own.
+    `session`: more settings of the session (`tcp_keepalives_idle="10"`, ...)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         **_address(settings),
-        server_settings={**_server_settings(settings), "application_name": application_name},
+        server_settings={
+            **_server_settings(settings),
+            "application_name": application_name,
+            **session,
+        },
     )
     return conn

@@ -13,8 +13,11 @@ Guarantees:
   `nats.max_in_flight`).
 - One relay is active at a time: it holds a lease (a Postgres advisory lock on its own session)
   and writes its checkpoint on that session, so a relay whose session ended can no longer move
-  it. Others wait as standbys and take over within `relay.lease_interval_s` of its death. Were
-  two ever to publish at once, duplicates are dropped and each order's order still holds.
+  it. Others wait as standbys and take over within `relay.lease_interval_s` once its session
+  ends: at once when its process dies; when its host or network is gone, once Postgres's TCP
+  keepalive (set short on the lease's session) notices, about 25 s. A relay frozen in place
+  keeps its lease (its kernel still answers) until it is killed. Were two ever to publish at
+  once, duplicates are dropped and each order's order still holds.
 - A NATS outage delays the bus, never a saga: the relay backs off (capped) and resumes from its
   checkpoint.
 """
@@ -66,7 +69,15 @@ class Lease:
 
     async def acquire(self) -> bool:
         if self.conn is None or self.conn.is_closed():
-            self.conn = await db.connect(self._settings, "ordersaga-relay-lease")
+            # Short keepalives: a relay whose host or network is gone loses its lease in about
+            # 25 s, not the two hours of the system's defaults.
+            self.conn = await db.connect(
+                self._settings,
+                "ordersaga-relay-lease",
+                tcp_keepalives_idle="10",
+                tcp_keepalives_interval="5",
+                tcp_keepalives_count="3",
+            )
         got: bool = await self.conn.fetchval(
             "SELECT pg_try_advisory_lock($1, $2)", _LEASE_NAMESPACE, self._key
         )
@@ -174,6 +185,8 @@ class Relay:
                 backoff = 0.5
             except Exception as error:  # NATS or Postgres away: resume from the checkpoint
                 self.stats.failures += 1
+                while isinstance(error, ExceptionGroup):  # a failed round: its first failure
+                    error = error.exceptions[0]
                 log.warning("relay %s: %s: %s; again in %.1fs", self.name,
                             type(error).__name__, error, backoff)  # fmt: skip
                 if self._lease.conn is not None and self._lease.conn.is_closed():

@@ -69,11 +69,13 @@ async def test_a_standby_relay_takes_over_without_a_gap_or_a_double(
         n = int(info.state.messages)
         return n if 0 < n < stored else None
 
-    # The first relay alone takes the lease; the second one stands by.
+    # The first relay alone takes the lease; the second, started once the first publishes,
+    # can only stand by.
     active = start_relay()
-    standby = start_relay()
+    standby: subprocess.Popen[bytes] | None = None
     try:
         await eventually(some_published, 30, "the active relay to publish part of the store")
+        standby = start_relay()
         active.send_signal(signal.SIGKILL)
         active.wait()
         at_kill = int((await js.stream_info(ours.nats.stream)).state.messages)
@@ -87,7 +89,7 @@ async def test_a_standby_relay_takes_over_without_a_gap_or_a_double(
         assert standby.poll() is None, "the standby is the one that finished"
     finally:
         for relay in (active, standby):
-            if relay.poll() is None:
+            if relay is not None and relay.poll() is None:
                 relay.terminate()
                 relay.wait(10)
     # Every stored event exactly once, and per order in version order.

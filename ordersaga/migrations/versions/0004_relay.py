@@ -27,6 +27,16 @@ def upgrade() -> None:
         )
         """
     )
+    # Before the relay, activities published what they stored: a store upgraded with events in
+    # it starts its relay after them, instead of publishing them all again (JetStream would drop
+    # only those within its duplicate window).
+    op.execute(
+        """
+        INSERT INTO eventstore.relay_checkpoints (name, tx_id, position)
+        SELECT 'relay', tx_id::text::bigint, position FROM eventstore.events
+        ORDER BY tx_id DESC, position DESC LIMIT 1
+        """
+    )
 
 
 def downgrade() -> None:
