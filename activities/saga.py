@@ -24,7 +24,7 @@ from ordersaga.domain import (
     StepResult,
     event_id,
 )
-from ordersaga.eventstore import ConcurrencyError, EventStore, NewEvent
+from ordersaga.eventstore import ConcurrencyError, EventIdConflict, EventStore, NewEvent
 from ordersaga.participants import Inventory, Payments, Shipping, TransientParticipantError
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class OrderActivities:
                     expected_version,
                 )
                 return version
+            except EventIdConflict as conflict:  # a bug to see, not to retry for an hour
+                raise ApplicationError(str(conflict), non_retryable=True) from conflict
             except ConcurrencyError as conflict:
                 later = await self._store.read_stream(order_id, expected_version + 1)
                 if not later:  # the stream is behind the saga: a bug to see, not to retry

@@ -75,7 +75,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(stack: DevStack) -> dict[str, float]:
     """CPU time (user + system) so far of every part of the stack with all its descendants
     (Postgres's backends count as Postgres), and of this process (the client, and the bare
-    baseline's worker). Backends that have exited are not counted: pooled ones live on."""
+    baseline's worker)."""
     parts = {part.process.pid: name for name, part in stack.parts.items() if part.process}
     parent: dict[int, int] = {}
     used: dict[int, float] = {}
@@ -86,7 +86,8 @@ def cpu_seconds(stack: DevStack) -> dict[str, float]:
             continue  # exited meanwhile
         pid = int(stat.parent.name)
         parent[pid] = int(fields[1])
-        used[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        # Own time and that of reaped children (Postgres's backends that have exited).
+        used[pid] = sum(int(f) for f in fields[11:15]) / _TICK
     out = dict.fromkeys(stack.parts, 0.0)
     for pid, seconds in used.items():
         ancestor = pid
@@ -132,6 +133,8 @@ async def relay_lag(settings: Settings) -> dict[str, float]:
     finally:
         await nc.close()
         await pool.close()
+    if not lags:
+        raise RuntimeError("no published event of this run was found on JetStream")
     lags.sort()
 
     def pick(q: float) -> float:

@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -201,29 +199,19 @@ class SoakConfig:
 
 
 def saga_policy(config: SoakConfig) -> SagaPolicy:
-    """Retries that outlast the longest outage the soak inflicts, so every saga can still end the
-    way its scenario says: a step whose retries ran out would be cancelled (`step_failed`), and a
-    compensation whose retries ran out would wait for an operator.
-
-    The policy bounds retries by a time budget where it has one (`step_budget_s`), else by
-    attempts: each attempt takes at least its interval, so `attempts * MAX_INTERVAL_S` bounds the
-    retry span from below (the first intervals are shorter: the +4). The planned refund outage
-    reaches REQUIRES_ATTENTION when the compensation's budget runs out, so the budget is also
-    what an attention saga costs in wall time.
-    """
+    """Retry budgets that outlast the longest outage the soak inflicts, so every saga can still
+    end the way its scenario says: a step past its budget would be cancelled (`step_failed`), a
+    compensation past its budget would wait for an operator. The planned refund outage reaches
+    REQUIRES_ATTENTION when the compensation's budget runs out, so the budget is also what an
+    attention saga costs in wall time."""
     budget = config.down_s + RECOVERY_BUDGET_S
-    wanted: dict[str, Any] = {
-        "initial_interval_s": INITIAL_INTERVAL_S,
-        "max_interval_s": MAX_INTERVAL_S,
-        "activity_timeout_s": 5.0,
-    }
-    fields = {f.name for f in dataclasses.fields(SagaPolicy)}
-    if {"step_budget_s", "compensation_budget_s"} <= fields:
-        wanted |= {"step_budget_s": budget, "compensation_budget_s": budget}
-    else:
-        attempts = math.ceil(budget / MAX_INTERVAL_S) + 4
-        wanted |= {"step_max_attempts": attempts, "compensation_max_attempts": attempts}
-    return SagaPolicy(**wanted)
+    return SagaPolicy(
+        step_budget_s=budget,
+        compensation_budget_s=budget,
+        initial_interval_s=INITIAL_INTERVAL_S,
+        max_interval_s=MAX_INTERVAL_S,
+        activity_timeout_s=5.0,
+    )
 
 
 # -- small helpers --------------------------------------------------------------------------------

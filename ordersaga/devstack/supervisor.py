@@ -143,6 +143,8 @@ class Managed:
                 return
             self.restarts += 1
             await self.spawn()
+            if not self.restart:  # paused while it was being spawned: keep it down
+                self.kill()
             try:
                 await self.wait_ready()
             except StackError:
