@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ordersaga.domain import SagaError, SagaNotFound, SagaRefused, SagaUnavailable
@@ -51,7 +55,25 @@ _SAGA_ERRORS: dict[type[SagaError], type[ApiError]] = {
 }
 
 
+def _printable(value: Any) -> Any:
+    """The errors' echo of the input, with what UTF-8 cannot carry (a lone surrogate) escaped:
+    FastAPI's own handler would fail on it with a 500."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    return value
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": _printable(jsonable_encoder(error.errors()))}, status_code=422
+        )
+
     @app.exception_handler(ApiError)
     async def _handle(_: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(

@@ -5,11 +5,32 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ordersaga.bounds import (
+    MAX_ITEMS,
+    MAX_ORDER_TOTAL,
+    CountryCode,
+    CurrencyCode,
+    Quantity,
+    Stock,
+    Storable,
+    UnitPrice,
+)
 from ordersaga.domain import OrderStatus
 
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+def _text(max_length: int) -> Any:
+    return Field(min_length=1, max_length=max_length)
+
+
+Name = Annotated[str, _text(200), Storable]
+City = Annotated[str, _text(100), Storable]
+PostalCode = Annotated[str, _text(20), Storable]
+Token = Annotated[str, _text(100), Storable]
+CustomerId = Annotated[str, _text(64), Storable]
 
 
 class Strict(BaseModel):
@@ -18,37 +39,48 @@ class Strict(BaseModel):
 
 class ItemIn(Strict):
     sku: Sku
-    quantity: int = Field(gt=0, le=10_000)
-    unit_price: int = Field(ge=0, description="Price of one unit in minor units (cents).")
+    quantity: Quantity
+    unit_price: UnitPrice
 
 
 class AddressIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    line1: str = Field(min_length=1, max_length=200)
-    line2: str | None = Field(default=None, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    postal_code: str = Field(min_length=1, max_length=20)
-    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code.")
+    name: Name
+    line1: Name
+    line2: Annotated[str | None, Field(max_length=200), Storable] = None
+    city: City
+    postal_code: PostalCode
+    country: CountryCode
 
 
 class PaymentIn(Strict):
-    token: str = Field(min_length=1, max_length=100)
+    token: Token
 
 
 class OrderIn(Strict):
-    customer_id: str = Field(min_length=1, max_length=64)
-    items: list[ItemIn] = Field(min_length=1, max_length=100)
+    customer_id: CustomerId
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
     shipping_address: AddressIn
     payment: PaymentIn
-    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode = "EUR"
+
+    @field_validator("items")
+    @classmethod
+    def _total_fits(cls, items: list[ItemIn]) -> list[ItemIn]:
+        total = sum(i.quantity * i.unit_price for i in items)
+        if total > MAX_ORDER_TOTAL:
+            raise ValueError(
+                f"the order's total ({total} minor units) is above the most one order may hold "
+                f"({MAX_ORDER_TOTAL})"
+            )
+        return items
 
 
 class CancelIn(Strict):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[str | None, Field(max_length=500), Storable] = None
 
 
 class StockIn(Strict):
-    available: int = Field(ge=0)
+    available: Stock
 
 
 class StockOut(BaseModel):

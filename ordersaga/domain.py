@@ -110,6 +110,16 @@ class SagaUnavailable(SagaError):
     """Temporal or the worker did not answer in time: try again."""
 
 
+# Limits of what an order may hold, chosen so that every column and sum downstream carries it:
+# stock and quantities are Postgres integers (int32), money is bigint (int64) and JSON numbers
+# stay below 2**53, so JavaScript consumers read them exactly.
+MAX_QUANTITY = 10_000  # units of one line
+MAX_ITEMS = 100  # lines of one order (so at most 1,000,000 units of a SKU in one reservation)
+MAX_UNIT_PRICE = 1_000_000_000  # minor units: ten million of a currency's major unit
+MAX_ORDER_TOTAL = 1_000_000_000_000  # minor units, per order
+MAX_STOCK = 1_000_000_000  # available units of a SKU (available + reserved stay below 2**31)
+
+
 @dataclass(frozen=True)
 class OrderItem:
     sku: str

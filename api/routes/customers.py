@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from api.deps import Ctx
 from api.errors import InvalidInput
 from api.schemas import CustomerOrderOut, CustomerOrderPage
+from ordersaga.bounds import Storable
 from projections import queries
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/customers", tags=["customers"])
 @router.get("/{customer_id}/orders")
 async def customer_orders(
     ctx: Ctx,
-    customer_id: Annotated[str, Path(min_length=1, max_length=64)],
+    customer_id: Annotated[str, Path(min_length=1, max_length=64), Storable],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> CustomerOrderPage:

@@ -21,6 +21,7 @@ from api.schemas import (
     SagaStateOut,
 )
 from ordersaga import events
+from ordersaga.bounds import Storable
 from ordersaga.domain import (
     Address,
     Order,
@@ -107,7 +108,7 @@ async def place_order(
 @router.get("")
 async def list_orders(
     ctx: Ctx,
-    customer_id: Annotated[str | None, Query(max_length=64)] = None,
+    customer_id: Annotated[str | None, Query(max_length=64), Storable] = None,
     status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
