@@ -39,6 +39,7 @@ def create_app(
                 SagaClient(temporal, s.temporal.task_queue, s.api.update_timeout),
                 await res.nats(),
                 await res.store(),
+                await res.pool(),
                 make_inventory(engine),
                 watch,
             )

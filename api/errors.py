@@ -15,10 +15,22 @@ from ordersaga.domain import SagaError, SagaNotFound, SagaRefused, SagaUnavailab
 class ApiError(Exception):
     status_code = 500
     code = "internal_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="ordersaga"'}
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ApiError):
@@ -77,7 +89,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _handle(_: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(
-            {"detail": error.detail, "code": error.code}, status_code=error.status_code
+            {"detail": error.detail, "code": error.code},
+            status_code=error.status_code,
+            headers=error.headers,
         )
 
     @app.exception_handler(SagaError)

@@ -211,7 +211,7 @@ async def run_ours(settings: Settings, n: int) -> float:
     return rate
 
 
-async def live_lag(settings: Settings, orders: int) -> list[float]:
+async def live_lag(settings: Settings, orders: int, api_key: str | None) -> list[float]:
     """Sagas through the API while the projector runs here: commit time - event time, in ms."""
     lags: list[float] = []
     expected = orders * len(HAPPY)
@@ -228,7 +228,8 @@ async def live_lag(settings: Settings, orders: int) -> list[float]:
     await asyncio.sleep(2)  # claims and subscriptions in place; catch-up of old events done
     lags.clear()
     base = f"http://{settings.api.host}:{settings.api.port}"
-    async with httpx.AsyncClient(base_url=base, timeout=60) as api:
+    key = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers=key) as api:
         sku = "lag-sku"
         (await api.put(f"/inventory/{sku}", json={"available": orders})).raise_for_status()
         body = {
@@ -285,8 +286,9 @@ async def main(n: int, rounds: int, sagas: int, partitions: int) -> None:
                     flush=True,
                 )
             # Live lag: worker and API as processes, the projector here.
-            await stack.start_apps(("worker", "api"))
-            lags = await live_lag(settings, sagas)
+            # The relay publishes what the worker's activities store.
+            await stack.start_apps(("worker", "relay", "api"))
+            lags = await live_lag(settings, sagas, stack.api_key)
         finally:
             await stack.stop()
     b, o = statistics.median(bare), statistics.median(ours)

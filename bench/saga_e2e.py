@@ -153,7 +153,8 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
         try:
             client = await connect_temporal(resolved)
             base = f"http://{resolved.api.host}:{resolved.api.port}"
-            async with httpx.AsyncClient(base_url=base, timeout=60) as api:
+            key = {"Authorization": f"Bearer {stack.api_key}"}
+            async with httpx.AsyncClient(base_url=base, timeout=60, headers=key) as api:
                 sku = "bench-sku"
                 stock = {"available": n * (rounds + 1)}
                 (await api.put(f"/inventory/{sku}", json=stock)).raise_for_status()

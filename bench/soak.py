@@ -278,8 +278,12 @@ class Api:
     transport error or a 5xx) with the same body and headers, so a POST keeps its
     Idempotency-Key, until a deadline. At most `concurrency` requests are in flight."""
 
-    def __init__(self, base_url: str, concurrency: int, deadline_s: float) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30.0, connect=5.0))
+    def __init__(self, base_url: str, key: str, concurrency: int, deadline_s: float) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            headers={"Authorization": f"Bearer {key}"},
+        )
         self._gate = asyncio.Semaphore(concurrency)
         self._deadline_s = deadline_s
         self.retries = 0
@@ -650,7 +654,11 @@ class Soak:
         # Long enough for a request to outlast the held-down server and its restart.
         self.request_deadline_s = config.down_s + RECOVERY_S
         api = self.settings.api
-        self.api = Api(f"http://{api.host}:{api.port}", config.concurrency, self.request_deadline_s)
+        assert stack.api_key is not None
+        self.api = Api(
+            f"http://{api.host}:{api.port}", stack.api_key, config.concurrency,
+            self.request_deadline_s,
+        )  # fmt: skip
         self.engine = create_engine(self.settings, pool_size=4)
 
     def find(self, check: str, detail: str) -> None:

@@ -337,6 +337,59 @@ def events_tail(
     asyncio.run(tail.tail(settings, query, count, as_json, typer.echo))
 
 
+keys_app = typer.Typer(help="API keys: who may call the API, as a client or an operator.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="client (orders) or operator (everything).")],
+    name: Annotated[str, typer.Option(help="Whose key it is, for the list.")] = "unnamed",
+) -> None:
+    """Create a key and print it (only now: the database keeps its hash)."""
+    from ordersaga import keys
+
+    try:
+        wanted = keys.Role(role)
+    except ValueError:
+        raise typer.Exit(_fail(f"--role is client or operator, not {role!r}")) from None
+
+    async def main(res: Resources) -> tuple[keys.ApiKey, str]:
+        async with (await res.pool(size=1)).acquire() as conn:
+            return await keys.create(conn, wanted, name)
+
+    record, key = _run(main)
+    typer.echo(f"{key}\n(id {record.id}, role {record.role}, name {record.name})")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (`ordersaga keys list`): it stops working at once."""
+    from ordersaga import keys
+
+    async def main(res: Resources) -> bool:
+        async with (await res.pool(size=1)).acquire() as conn:
+            return await keys.revoke(conn, key_id)
+
+    if not _run(main):
+        raise typer.Exit(_fail(f"no live key with id {key_id}"))
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key's id, name, role and dates (never the key)."""
+    from ordersaga import keys
+
+    async def main(res: Resources) -> list[keys.ApiKey]:
+        async with (await res.pool(size=1)).acquire() as conn:
+            return await keys.listed(conn)
+
+    for k in _run(main):
+        revoked = f"  revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else ""
+        typer.echo(f"{k.id}  {k.role:<8}  {k.name}  created {k.created_at:%Y-%m-%d %H:%M}{revoked}")
+
+
 def main() -> None:
     from ordersaga.bus import BusMismatch
     from ordersaga.versions import UnsupportedServer

@@ -83,6 +83,9 @@ class NotifierSettings(BaseModel):
     concurrency: int = Field(default=64, ge=1, le=1024)
     # Where the notifier asks for the order (event notification). Unset: this API's address.
     api_url: str | None = None
+    # Its API key (role client): `ordersaga keys create --role client --name notifier`. The dev
+    # stack makes one. Plain text here so the dev stack can hand it to its child process.
+    api_key: str | None = None
 
 
 class TemporalSettings(BaseModel):

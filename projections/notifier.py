@@ -99,8 +99,10 @@ def compose(event_type: str, order: dict[str, Any]) -> tuple[str, dict[str, Any]
 
 
 def api_client(settings: Settings) -> httpx.AsyncClient:
+    key = settings.notifier.api_key
     return httpx.AsyncClient(
         base_url=settings.api_url(),
+        headers={"Authorization": f"Bearer {key}"} if key else None,
         # Longer than the API's own bound on a min_version wait, so the API answers first.
         timeout=settings.api.min_version_timeout + 5,
         # One connection per slot: a slot never queues behind another order's slow answer.

@@ -79,7 +79,9 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 
 @pytest.fixture(scope="session")
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def api(stack: DevStack, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API as an operator calls it: with the key the stack made."""
     base = f"http://{settings.api.host}:{settings.api.port}"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as client:
         yield client

@@ -6,13 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import Ctx
+from api.deps import AUTH_RESPONSES, Ctx, requires
 from api.errors import InvalidInput
 from api.schemas import CustomerOrderOut, CustomerOrderPage
 from ordersaga.bounds import Storable
+from ordersaga.keys import Role
 from projections import queries
 
-router = APIRouter(prefix="/customers", tags=["customers"])
+router = APIRouter(
+    prefix="/customers",
+    tags=["customers"],
+    dependencies=[requires(Role.CLIENT)],
+    responses=AUTH_RESPONSES,
+)
 
 
 @router.get("/{customer_id}/orders")

@@ -6,11 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import Ctx
+from api.deps import AUTH_RESPONSES, Ctx, requires
 from api.errors import NotFound
 from api.schemas import StockIn, StockOut
+from ordersaga.keys import Role
 
-router = APIRouter(prefix="/inventory", tags=["inventory"])
+router = APIRouter(
+    prefix="/inventory",
+    tags=["inventory"],
+    dependencies=[requires(Role.OPERATOR)],
+    responses=AUTH_RESPONSES,
+)
 
 SkuPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response, status
 
 from api import requests
-from api.deps import AppContext, Ctx
+from api.deps import AUTH_RESPONSES, AppContext, Ctx, requires
 from api.errors import Conflict, IdempotencyKeyReused, InvalidInput, NotFound
 from api.schemas import (
     CancelIn,
@@ -32,9 +32,15 @@ from ordersaga.domain import (
     SagaUnavailable,
     workflow_id,
 )
+from ordersaga.keys import Role
 from projections import queries
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+router = APIRouter(
+    prefix="/orders",
+    tags=["orders"],
+    dependencies=[requires(Role.CLIENT)],
+    responses=AUTH_RESPONSES,
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -224,6 +230,7 @@ async def cancel_order(order_id: uuid.UUID, ctx: Ctx, body: CancelIn | None = No
 @router.post(
     "/{order_id}/retry-compensation",
     status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[requires(Role.OPERATOR)],
     responses={404: {"description": "unknown order"}, 409: {"description": "nothing to retry"}},
 )
 async def retry_compensation(order_id: uuid.UUID, ctx: Ctx) -> SagaStateOut:

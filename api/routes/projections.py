@@ -6,10 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import Ctx
+from api.deps import AUTH_RESPONSES, Ctx, requires
+from ordersaga.keys import Role
 from projections import queries
 
-router = APIRouter(prefix="/projections", tags=["projections"])
+router = APIRouter(
+    prefix="/projections",
+    tags=["projections"],
+    dependencies=[requires(Role.OPERATOR)],
+    responses=AUTH_RESPONSES,
+)
 
 
 @router.get("")

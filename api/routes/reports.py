@@ -8,11 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 
-from api.deps import Ctx
+from api.deps import AUTH_RESPONSES, Ctx, requires
 from api.schemas import SalesReport, SalesRow, SalesTotal
+from ordersaga.keys import Role
 from projections import queries
 
-router = APIRouter(prefix="/reports", tags=["reports"])
+router = APIRouter(
+    prefix="/reports",
+    tags=["reports"],
+    dependencies=[requires(Role.OPERATOR)],
+    responses=AUTH_RESPONSES,
+)
 
 MAX_DAYS = 366
 

@@ -13,8 +13,10 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+import asyncpg
 import httpx
 
+from ordersaga import db, keys
 from ordersaga.devstack import servers
 from ordersaga.devstack.ports import port_in_use
 from ordersaga.devstack.supervisor import Managed, StackError
@@ -48,6 +50,7 @@ class DevStack:
         self.ui = ui
         self.parts: dict[str, Managed] = {}
         self.settings = settings  # resolved (explicit URLs) once started
+        self.api_key: str | None = None  # the operator key `make dev` makes and prints
         self._supervisors: list[asyncio.Task[None]] = []
 
     def _app(self, command: str, ready: Callable[[], Awaitable[bool]]) -> Managed:
@@ -90,6 +93,7 @@ class DevStack:
             from ordersaga import migrations
 
             await asyncio.to_thread(migrations.upgrade, self.settings)
+            await self._ensure_keys()
             if self.apps:
                 await self._start_apps()
         except BaseException:
@@ -153,6 +157,32 @@ class DevStack:
                 "(another `ordersaga dev`?) or choose other ports with those variables."
             )
 
+    async def _ensure_keys(self) -> None:
+        """An operator key for the person running the stack (printed with the addresses) and a
+        client key for the notifier, made on first start and kept in the data directory."""
+        conn = await db.connect(self.settings, "ordersaga-dev")
+        try:
+            self.api_key = await self._key(conn, "api-key", keys.Role.OPERATOR, "dev")
+            notifier = self.settings.notifier.api_key or await self._key(
+                conn, "notifier-api-key", keys.Role.CLIENT, "notifier"
+            )
+        finally:
+            await conn.close()
+        self.settings = self.settings.model_copy(
+            update={"notifier": self.settings.notifier.model_copy(update={"api_key": notifier})}
+        )
+
+    async def _key(self, conn: asyncpg.Connection, file: str, role: keys.Role, name: str) -> str:
+        path = self.data_dir / file
+        if path.exists():
+            kept = path.read_text().strip()
+            if await keys.role_of(conn, kept) == role:
+                return kept  # still valid (not revoked, same database)
+        _, key = await keys.create(conn, role, name)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
     async def _check_versions(self) -> None:
         """Servers given by URL may be too old: say so in one line before changing anything."""
         from ordersaga import runtime, versions
@@ -190,6 +220,8 @@ class DevStack:
         if "api" in self.parts:
             base = f"http://{s.api.host}:{s.api.port}"
             rows += [("API", base), ("API docs (OpenAPI)", f"{base}/docs")]
+            if self.api_key:
+                rows.append(("API key (operator)", self.api_key))
         rows.append(("Temporal server", s.temporal_address()))
         if "temporal" in self.parts and self.ui:
             rows.append(("Temporal Web UI", f"http://127.0.0.1:{s.temporal.embedded_ui_port}"))

@@ -33,7 +33,8 @@ async def test_a_saga_in_flight_survives_a_full_restart(tmp_path: Path) -> None:
     stack = DevStack(settings, ui=False)
     await stack.start()
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as api:
+        key = {"Authorization": f"Bearer {stack.api_key}"}  # the same key after the restart
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=key) as api:
             sku = await stocked_sku(api, 5)
             order_id = await place(api, order_body(sku, token="tok_flaky"))
 
@@ -50,7 +51,8 @@ async def test_a_saga_in_flight_survives_a_full_restart(tmp_path: Path) -> None:
     stack = DevStack(settings, ui=False)
     await stack.start()
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as api:
+        key = {"Authorization": f"Bearer {stack.api_key}"}  # the same key after the restart
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=key) as api:
             order = await wait_terminal(api, order_id, timeout=60)
             assert order["status"] == "CONFIRMED"
             assert await event_types(api, order_id) == list(HAPPY_PATH)
