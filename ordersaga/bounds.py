@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import pycountry
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from ordersaga.domain import (
     MAX_ITEMS,
@@ -47,6 +47,13 @@ def _storable(value: str | None) -> str | None:
     return value
 
 
+def _not_bool(value: object) -> object:
+    # JSON's true and false are not numbers; pydantic's lax mode would read them as 1 and 0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
 def _country(value: str) -> str:
     if value != TEST_MODE_COUNTRY and pycountry.countries.get(alpha_2=value) is None:
         raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
@@ -62,16 +69,28 @@ def _currency(value: str) -> str:
 # For every text field: `Annotated[str, Field(max_length=...), Storable]`.
 Storable = AfterValidator(_storable)
 
+# The code lists go into the API's schema as enums, so its document says exactly what passes.
+COUNTRIES = sorted({c.alpha_2 for c in pycountry.countries} | {TEST_MODE_COUNTRY})
+CURRENCIES = sorted(c.alpha_3 for c in pycountry.currencies)
+
 CountryCode = Annotated[
     str,
-    Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code (ZZ: test mode)."),
+    Field(
+        description="ISO 3166-1 alpha-2 code (ZZ: test mode).",
+        json_schema_extra={"enum": COUNTRIES},
+    ),
     AfterValidator(_country),
 ]
 CurrencyCode = Annotated[
-    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code."), AfterValidator(_currency)
+    str,
+    Field(description="ISO 4217 code.", json_schema_extra={"enum": CURRENCIES}),
+    AfterValidator(_currency),
 ]
-Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+Whole = BeforeValidator(_not_bool)
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), Whole]
 UnitPrice = Annotated[
-    int, Field(ge=0, le=MAX_UNIT_PRICE, description="Price of one unit in minor units (cents).")
+    int,
+    Field(ge=0, le=MAX_UNIT_PRICE, description="Price of one unit in minor units (cents)."),
+    Whole,
 ]
-Stock = Annotated[int, Field(ge=0, le=MAX_STOCK)]
+Stock = Annotated[int, Field(ge=0, le=MAX_STOCK), Whole]

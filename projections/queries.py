@@ -6,10 +6,9 @@ functions. Pages are keyset-paged, newest first, with an opaque cursor.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +21,7 @@ from projections.status import projection_status
 
 __all__ = [
     "APPLIED_CHANNEL",
+    "CURSOR_PATTERN",
     "InvalidCursor",
     "Page",
     "customer_orders",
@@ -49,16 +49,23 @@ class Page:
     next_cursor: str | None
 
 
+# A cursor is the keyset position of a page's last row, `<microseconds since 1970 UTC>_<order
+# id>`: any string of this pattern is a position, so the API's document can state exactly which
+# cursors it takes (a page after any position is well defined).
+CURSOR_PATTERN = r"^[0-9]{1,16}_[A-Za-z0-9-]{1,64}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _encode_cursor(placed_at: datetime, order_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{placed_at.isoformat()}|{order_id}".encode()).decode()
+    micros = (placed_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}_{order_id}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        placed_at, order_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(placed_at), order_id
-    except (ValueError, binascii.Error, UnicodeError) as error:
-        raise InvalidCursor("cursor is not one this API handed out") from error
+    if re.fullmatch(CURSOR_PATTERN, cursor) is None:
+        raise InvalidCursor("cursor is not one this API handed out")
+    micros, order_id = cursor.split("_", 1)
+    return _EPOCH + timedelta(microseconds=int(micros)), order_id
 
 
 async def _page(

@@ -26,7 +26,10 @@ async def customer_orders(
     ctx: Ctx,
     customer_id: Annotated[str, Path(min_length=1, max_length=64), Storable],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=queries.CURSOR_PATTERN, description="`next_cursor` of the page before."),
+    ] = None,
 ) -> CustomerOrderPage:
     """The customer's orders, newest first; pass `next_cursor` back for the next page."""
     try:

@@ -117,7 +117,10 @@ async def list_orders(
     customer_id: Annotated[str | None, Query(max_length=64), Storable] = None,
     status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=queries.CURSOR_PATTERN, description="`next_cursor` of the page before."),
+    ] = None,
 ) -> OrderPage:
     """Orders from the read model, newest first; pass `next_cursor` back for the next page."""
     try:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 def locations(response: httpx.Response) -> list[list[str | int]]:
     assert response.status_code == 422, response.text
-    return [error["loc"] for error in response.json()["detail"]]
+    return [error["loc"] for error in response.json()["errors"]]
 
 
 async def test_a_stock_count_past_what_postgres_holds_is_a_422(api: httpx.AsyncClient) -> None:

@@ -228,7 +228,7 @@ async def test_invalid_orders_are_rejected_naming_the_field(
     mutate(body)
     response = await api.post("/orders", json=body)
     assert response.status_code == 422
-    locations = [error["loc"] for error in response.json()["detail"]]
+    locations = [error["loc"] for error in response.json()["errors"]]
     assert any(loc[-1] == field for loc in locations), locations
 
 

@@ -277,7 +277,7 @@ async def test_min_version_returns_as_soon_as_the_version_is_applied(
         "not on a notification"
     )
     bad = await api.get(f"/orders/{second}", params={"min_version": 0})
-    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "min_version"]
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "min_version"]
 
 
 async def test_the_notifier_records_one_message_per_terminal_event_even_when_redelivered(
@@ -406,7 +406,7 @@ async def test_customer_history_and_sales_report_follow_the_sagas(
     ]
     backwards = await api.get("/reports/sales", params={"from": today, "to": "2000-01-01"})
     assert backwards.status_code == 422
-    assert backwards.json()["detail"][0]["loc"] == ["query", "to"]
+    assert backwards.json()["errors"][0]["loc"] == ["query", "to"]
     missing = await api.get("/reports/sales", params={"to": today})
     assert missing.status_code == 422
-    assert missing.json()["detail"][0]["loc"] == ["query", "from"]
+    assert missing.json()["errors"][0]["loc"] == ["query", "from"]
