@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint bench soak clean
+.PHONY: setup dev test lint bench soak fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -38,3 +38,7 @@ soak: setup
 
 clean:
 	rm -rf $(VENV) .ordersaga
+
+# The OpenAPI fuzzer of the suite, with a larger budget (10 minutes, 300 examples an operation).
+fuzz: setup
+	ORDERSAGA_FUZZ_EXAMPLES=300 ORDERSAGA_FUZZ_SECONDS=600 $(BIN)/pytest tests/e2e/test_openapi_fuzz.py
