@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import errors
 from api.deps import AppContext
+from api.limits import BodyLimit
 from api.progress import AppliedWatch
 from api.routes import customers, health, inventory, orders, projections, reports
 from ordersaga import runtime
@@ -52,6 +53,7 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=(settings or get_settings()).api.max_body_bytes)
     app.include_router(orders.router)
     app.include_router(inventory.router)
     app.include_router(customers.router)

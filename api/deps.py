@@ -58,10 +58,12 @@ async def caller(
     ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Role:
     """The role of the calling key. A missing, unknown or revoked key is the same 401."""
+    # The same lookup whether a key came or not: a missing key and a wrong one take as long.
+    presented = credentials.credentials if credentials is not None else ""
+    async with ctx.pool.acquire() as conn:
+        role = await keys.role_of(conn, presented)
     if credentials is None:
         raise Unauthorized("an API key is needed: Authorization: Bearer <key>")
-    async with ctx.pool.acquire() as conn:
-        role = await keys.role_of(conn, credentials.credentials)
     if role is None:
         raise Unauthorized("this API key is not valid")
     return role

@@ -70,6 +70,17 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+class Busy(ApiError):
+    status_code = 503
+    code = "busy"
+    headers = {"Retry-After": "1"}
+
+
+class TooLarge(ApiError):
+    status_code = 413
+    code = "too_large"
+
+
 # What the saga client raises, as HTTP: an ended saga refuses commands like a running one would.
 _SAGA_ERRORS: dict[type[SagaError], type[ApiError]] = {
     SagaNotFound: Conflict,
@@ -198,6 +209,8 @@ def _document(schema: dict[str, Any]) -> dict[str, Any]:
             if operation.get("parameters") or operation.get("requestBody"):
                 for status, spec in COMMON_RESPONSES.items():
                     responses.setdefault(str(status), {"description": spec["description"]})
+            if operation.get("requestBody"):
+                responses.setdefault("413", {"description": "the body is larger than allowed"})
             for status, spec in responses.items():
                 if status[0] in "45":
                     if status == "422":

@@ -21,11 +21,16 @@ from projections.queries import APPLIED_CHANNEL
 log = logging.getLogger(__name__)
 
 
+class TooManyWaits(Exception):
+    """More min_version waits at once than the API takes."""
+
+
 class AppliedWatch:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._conn: asyncpg.Connection | None = None
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._waiting = 0
 
     async def start(self) -> None:
         try:
@@ -55,7 +60,19 @@ class AppliedWatch:
     async def wait_for(
         self, projection: str, reached: Callable[[], Awaitable[bool]], timeout: float
     ) -> bool:
-        """True once `reached()` is; False if `timeout` passes first."""
+        """True once `reached()` is; False if `timeout` passes first. Bounded: past
+        `api.max_min_version_waits` waits at once, `TooManyWaits` at once."""
+        if self._waiting >= self._settings.api.max_min_version_waits:
+            raise TooManyWaits("too many read-your-writes waits at once; retry in a second")
+        self._waiting += 1
+        try:
+            return await self._wait_for(projection, reached, timeout)
+        finally:
+            self._waiting -= 1
+
+    async def _wait_for(
+        self, projection: str, reached: Callable[[], Awaitable[bool]], timeout: float
+    ) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ordersaga.bounds import (
+    CUSTOMER_ID_PATTERN,
     MAX_ITEMS,
     MAX_ORDER_TOTAL,
     CountryCode,
@@ -30,7 +31,9 @@ Name = Annotated[str, _text(200), Storable]
 City = Annotated[str, _text(100), Storable]
 PostalCode = Annotated[str, _text(20), Storable]
 Token = Annotated[str, _text(100), Storable]
-CustomerId = Annotated[str, _text(64), Storable]
+CustomerId = Annotated[
+    str, Field(pattern=CUSTOMER_ID_PATTERN, description="Your own id of the customer.")
+]
 
 
 class Strict(BaseModel):

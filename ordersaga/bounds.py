@@ -22,6 +22,7 @@ from ordersaga.domain import (
 )
 
 __all__ = [
+    "CUSTOMER_ID_PATTERN",
     "MAX_ITEMS",
     "MAX_ORDER_TOTAL",
     "CountryCode",
@@ -65,6 +66,10 @@ def _currency(value: str) -> str:
         raise ValueError(f"{value!r} is not an ISO 4217 currency code")
     return value
 
+
+# A customer's id is the client's own identifier, and part of a URL path
+# (`/customers/{customer_id}/orders`): letters, digits and `._:@-`, never a `/`.
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,64}$"
 
 # For every text field: `Annotated[str, Field(max_length=...), Storable]`.
 Storable = AfterValidator(_storable)

@@ -107,6 +107,10 @@ class ApiSettings(BaseModel):
     min_version_timeout: float = 5.0
     # While it waits, a look this often even without a notification from the projector.
     min_version_poll_s: float = 1.0
+    # At most this many min_version waits at once per process; more are a 503 with Retry-After.
+    max_min_version_waits: int = Field(default=256, ge=1)
+    # The largest request body taken; a larger one is a 413 before it is read whole.
+    max_body_bytes: int = Field(default=65_536, ge=1_024)
 
 
 class Settings(BaseSettings):

@@ -41,6 +41,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevSt
     )
     # Only a notification can wake a min_version wait within the tests' bounds.
     settings.api.min_version_poll_s = 30.0
+    # Few enough that a test can reach the bound on concurrent min_version waits.
+    settings.api.max_min_version_waits = 8
     dev = DevStack(settings, ui=False)
     await dev.start()
     yield dev

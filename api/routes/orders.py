@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from api import requests
 from api.deps import AUTH_RESPONSES, AppContext, Ctx, requires
-from api.errors import Conflict, IdempotencyKeyReused, InvalidInput, NotFound
+from api.errors import Busy, Conflict, IdempotencyKeyReused, InvalidInput, NotFound
+from api.progress import TooManyWaits
 from api.schemas import (
     CancelIn,
     OrderAccepted,
@@ -21,7 +22,7 @@ from api.schemas import (
     SagaStateOut,
 )
 from ordersaga import events
-from ordersaga.bounds import Storable
+from ordersaga.bounds import CUSTOMER_ID_PATTERN
 from ordersaga.domain import (
     Address,
     Order,
@@ -114,7 +115,7 @@ async def place_order(
 @router.get("")
 async def list_orders(
     ctx: Ctx,
-    customer_id: Annotated[str | None, Query(max_length=64), Storable] = None,
+    customer_id: Annotated[str | None, Query(pattern=CUSTOMER_ID_PATTERN)] = None,
     status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
@@ -144,7 +145,13 @@ VERSION_HEADER = "Read-Model-Version"
 BLOCKED_HEADER = "Read-Model-Blocked"
 
 
-@router.get("/{order_id}", responses={404: {"description": "unknown order"}})
+@router.get(
+    "/{order_id}",
+    responses={
+        404: {"description": "unknown order"},
+        503: {"description": "too many min_version waits at once: retry after Retry-After"},
+    },
+)
 async def get_order(
     order_id: uuid.UUID,
     ctx: Ctx,
@@ -173,7 +180,13 @@ async def get_order(
             row = await _order(ctx, str(order_id)) or row
             return bool(row["version"] >= min_version)
 
-        if not await ctx.watch.wait_for("orders", reached, ctx.settings.api.min_version_timeout):
+        try:
+            reached_in_time = await ctx.watch.wait_for(
+                "orders", reached, ctx.settings.api.min_version_timeout
+            )
+        except TooManyWaits as error:
+            raise Busy(str(error)) from error
+        if not reached_in_time:
             response.headers[STALE_HEADER] = "true"
             if await queries.dead_lettered(ctx.engine, "orders", str(order_id)):
                 response.headers[BLOCKED_HEADER] = "true"

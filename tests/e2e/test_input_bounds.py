@@ -5,9 +5,10 @@ the read models (dead letters)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -16,8 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ordersaga.bounds import CUSTOMER_ID_PATTERN
 from ordersaga.domain import MAX_ITEMS, MAX_ORDER_TOTAL, MAX_QUANTITY, MAX_STOCK, MAX_UNIT_PRICE
-from tests.helpers import order_body, stocked_sku, unique, wait_terminal
+from ordersaga.settings import Settings
+from tests.helpers import order_body, place, stocked_sku, unique, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +91,7 @@ storable = st.text(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    customer=storable,
+    customer=st.from_regex(CUSTOMER_ID_PATTERN, fullmatch=True),
     name=storable,
     quantity=st.integers(1, MAX_QUANTITY),
     lines=st.integers(1, 3),
@@ -116,7 +119,7 @@ async def test_any_order_the_api_accepts_projects_into_every_read_model(
     order_id = response.json()["order_id"]
     final = await wait_terminal(api, order_id, 60)
     assert (final["status"], final["total"]) == ("CONFIRMED", total)
-    history = await api.get(f"/customers/{quote(customer, safe='')}/orders")
+    history = await api.get(f"/customers/{customer}/orders")
     assert order_id in [o["order_id"] for o in history.json()["items"]]
     async with engine.connect() as conn:
         dead = await conn.execute(
@@ -124,3 +127,38 @@ async def test_any_order_the_api_accepts_projects_into_every_read_model(
             {"o": order_id},
         )
         assert dead.all() == []
+
+
+async def test_a_body_past_the_limit_is_a_413_read_or_not(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    big = json.dumps({"customer_id": "c", "padding": "x" * settings.api.max_body_bytes})
+    announced = await api.post("/orders", content=big, headers={"content-type": "application/json"})
+    assert announced.status_code == 413, announced.text
+    assert announced.headers["content-type"] == "application/problem+json"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: streamed
+        for start in range(0, len(big), 4096):
+            yield big[start : start + 4096].encode()
+
+    streamed = await api.post(
+        "/orders", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413, streamed.text
+
+
+async def test_read_your_writes_waits_are_bounded(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    order_id = await place(api, order_body(await stocked_sku(api)))
+    await wait_terminal(api, order_id)
+    many = settings.api.max_min_version_waits + 4
+    # Version 99 never comes: each wait lasts the API's whole bound.
+    answers = await asyncio.gather(
+        *(api.get(f"/orders/{order_id}", params={"min_version": 99}) for _ in range(many))
+    )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(503) >= 4, statuses
+    assert statuses.count(200) >= 1, statuses
+    busy = next(a for a in answers if a.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and busy.json()["code"] == "busy"
