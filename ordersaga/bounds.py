@@ -8,6 +8,7 @@ turned an accepted order into a 500 or a dead letter); codes are checked against
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import pycountry
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_ORDER_TOTAL",
     "CountryCode",
     "CurrencyCode",
+    "IsoDay",
     "Quantity",
     "Stock",
     "Storable",
@@ -92,6 +94,17 @@ CurrencyCode = Annotated[
     AfterValidator(_currency),
 ]
 Whole = BeforeValidator(_not_bool)
+
+
+def _iso_day(value: object) -> object:
+    # A day is YYYY-MM-DD, as the document says; pydantic's lax mode would also read "0" or a
+    # number as a Unix timestamp.
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) is None:
+        raise ValueError("must be a day as YYYY-MM-DD")
+    return value
+
+
+IsoDay = BeforeValidator(_iso_day)
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), Whole]
 UnitPrice = Annotated[
     int,

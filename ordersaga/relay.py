@@ -66,8 +66,13 @@ class Lease:
         self._settings = settings
         self._key = hash_key(name)
         self.conn: asyncpg.Connection | None = None
+        self._held = False
 
     async def acquire(self) -> bool:
+        """Take the lease, or keep it: a session-level lock lasts as long as its session, so a
+        live session that holds it is asked nothing (taking it again would stack the lock)."""
+        if self.conn is not None and not self.conn.is_closed() and self._held:
+            return True
         if self.conn is None or self.conn.is_closed():
             # Short keepalives: a relay whose host or network is gone loses its lease in about
             # 25 s, not the two hours of the system's defaults.
@@ -78,12 +83,15 @@ class Lease:
                 tcp_keepalives_interval="5",
                 tcp_keepalives_count="3",
             )
-        got: bool = await self.conn.fetchval(
-            "SELECT pg_try_advisory_lock($1, $2)", _LEASE_NAMESPACE, self._key
+        self._held = bool(
+            await self.conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, $2)", _LEASE_NAMESPACE, self._key
+            )
         )
-        return got
+        return self._held
 
     async def release(self) -> None:
+        self._held = False
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 await self.conn.close()

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.deps import AUTH_RESPONSES, Ctx, requires
 from api.schemas import SalesReport, SalesRow, SalesTotal
-from ordersaga.bounds import Storable
+from ordersaga.bounds import IsoDay, Storable
 from ordersaga.keys import Role
 from projections import queries
 
@@ -25,8 +25,8 @@ router = APIRouter(
 @router.get("/sales")
 async def sales(
     ctx: Ctx,
-    from_: Annotated[date, Query(alias="from", description="First day (UTC), inclusive.")],
-    to: Annotated[date, Query(description="Last day (UTC), inclusive.")],
+    from_: Annotated[date, Query(alias="from", description="First day (UTC), inclusive."), IsoDay],
+    to: Annotated[date, Query(description="Last day (UTC), inclusive."), IsoDay],
     sku: Annotated[str | None, Query(max_length=64), Storable] = None,
 ) -> SalesReport:
     """Units, orders and revenue of confirmed orders, per day of confirmation and SKU."""

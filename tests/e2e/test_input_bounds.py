@@ -162,3 +162,9 @@ async def test_read_your_writes_waits_are_bounded(
     assert statuses.count(200) >= 1, statuses
     busy = next(a for a in answers if a.status_code == 503)
     assert busy.headers["retry-after"] == "1" and busy.json()["code"] == "busy"
+
+
+async def test_a_day_is_an_iso_date_not_a_timestamp(api: httpx.AsyncClient) -> None:
+    # Found by the fuzzer: `to=0` was read as the Unix epoch and answered 200.
+    odd = await api.get("/reports/sales", params={"from": "2026-01-01", "to": "0"})
+    assert locations(odd) == [["query", "to"]]
