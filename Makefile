@@ -42,3 +42,9 @@ clean:
 # The OpenAPI fuzzer of the suite, with a larger budget (10 minutes, 300 examples an operation).
 fuzz: setup
 	ORDERSAGA_FUZZ_EXAMPLES=300 ORDERSAGA_FUZZ_SECONDS=600 $(BIN)/pytest tests/e2e/test_openapi_fuzz.py
+
+# deploy/ checked offline, alone (make test runs the same tests): compose spec, Kubernetes
+# schemas, kustomize overlays, Helm values, Containerfile lint, settings names.
+.PHONY: deploy-check
+deploy-check: setup
+	$(BIN)/pytest tests/deploy -q
