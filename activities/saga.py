@@ -16,15 +16,24 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from ordersaga.domain import (
-    BusinessError,
-    EventType,
-    RecordInput,
-    StepInput,
-    StepResult,
-    event_id,
+from ordersaga import events
+from ordersaga.contracts import registry
+from ordersaga.contracts.payloads import (
+    InventoryReleased,
+    InventoryReservationFailed,
+    InventoryReserved,
+    Payload,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRefunded,
+    Refusal,
+    ShipmentCancelled,
+    ShipmentFailed,
+    ShipmentScheduled,
+    clip,
 )
-from ordersaga.eventstore import ConcurrencyError, EventIdConflict, EventStore, NewEvent
+from ordersaga.domain import BusinessError, EventType, RecordInput, StepInput, StepResult
+from ordersaga.eventstore import ConcurrencyError, EventIdConflict, EventStore
 from ordersaga.participants import Inventory, Payments, Shipping, TransientParticipantError
 
 log = logging.getLogger(__name__)
@@ -46,36 +55,41 @@ class OrderActivities:
         self._payments = payments
         self._shipping = shipping
 
-    async def _record(
-        self, order_id: str, expected_version: int, event_type: EventType, data: dict[str, Any]
-    ) -> int:
-        """Append `event_type` after `expected_version`; returns the version it is stored at.
+    async def _record(self, expected_version: int, payload: Payload) -> int:
+        """Append `payload` as the order's event after `expected_version`; returns the version it
+        is stored at.
 
         The workflow is the stream's single writer, but it can be behind its stream: a step that
         recorded its fact and then failed (its retries ran out before it could report) leaves the
         workflow at the version before that fact. Such facts are this saga's own, so recording
-        follows them instead of fighting them; the same fact with the same data is this very
-        call's, stored already. Nothing is ever recorded after the saga's final event: an attempt
-        Temporal gave up on, finishing late, is refused (its participant call was voided by the
-        compensation that ran meanwhile).
+        follows them instead of fighting them; the same fact with the same payload is this very
+        call's, stored already (maybe by an earlier build of this code, at an older schema
+        version: facts are compared at the current one). Nothing is ever recorded after the
+        saga's final event: an attempt Temporal gave up on, finishing late, is refused (its
+        participant call was voided by the compensation that ran meanwhile).
         """
+        order_id, event_type = payload.order_id, payload.event_type
         while True:
             version = expected_version + 1
             try:
                 await self._store.append(
-                    order_id,
-                    [NewEvent(event_id(order_id, version, event_type), event_type, data)],
-                    expected_version,
+                    order_id, [events.new_event(order_id, version, payload)], expected_version
                 )
                 return version
-            except EventIdConflict as conflict:  # a bug to see, not to retry for an hour
+            except EventIdConflict as conflict:
+                # The same id is the same (order, version, type): stored by an earlier build of
+                # this code in an older schema version, it is still this fact.
+                stored = await self._store.read_stream(order_id, version, version)
+                if stored and events.payload(stored[0]) == payload:
+                    return version
+                # A bug to see, not to retry for an hour.
                 raise ApplicationError(str(conflict), non_retryable=True) from conflict
             except ConcurrencyError as conflict:
                 later = await self._store.read_stream(order_id, expected_version + 1)
                 if not later:  # the stream is behind the saga: a bug to see, not to retry
                     raise ApplicationError(str(conflict), non_retryable=True) from conflict
                 for event in later:
-                    if event.event_type == event_type and event.data == data:
+                    if event.event_type == event_type and events.payload(event) == payload:
                         return event.version
                     if event.event_type in _FINAL:
                         raise ApplicationError(
@@ -91,7 +105,7 @@ class OrderActivities:
                 expected_version = later[-1].version
 
     async def _failed(
-        self, step: StepInput, event_type: EventType, error: BusinessError
+        self, step: StepInput, refusal: type[Refusal], error: BusinessError
     ) -> ApplicationError:
         """Record a business failure, and build the non-retryable error that tells the workflow.
 
@@ -99,13 +113,12 @@ class OrderActivities:
         BENIGN, so the SDK logs it at debug level without a traceback.
         """
         log.info(
-            "order %s: %s (%s)", step.order.order_id, event_type.short_name, error.reason.value
-        )
+            "order %s: %s (%s)",
+            step.order.order_id, refusal.event_type.short_name, error.reason.value,
+        )  # fmt: skip
         version = await self._record(
-            step.order.order_id,
             step.expected_version,
-            event_type,
-            {"order_id": step.order.order_id, "reason": error.reason.value, "detail": str(error)},
+            refusal(order_id=step.order.order_id, reason=error.reason, detail=clip(str(error))),
         )
         return ApplicationError(
             str(error),
@@ -117,9 +130,12 @@ class OrderActivities:
 
     @activity.defn
     async def record_event(self, request: RecordInput) -> StepResult:
-        version = await self._record(
-            request.order_id, request.expected_version, EventType(request.event_type), request.data
-        )
+        """Record a fact the workflow decided. Its payload crosses Temporal as JSON and is
+        validated here, before it is stored: a payload its own contract refuses is a bug, which
+        is retried (visibly, in the Temporal UI) until a fixed build records it, rather than
+        ending a saga that may hold stock or money."""
+        payload = registry.current(request.event_type).model_validate(request.data)
+        version = await self._record(request.expected_version, payload)
         return StepResult(version)
 
     @activity.defn
@@ -128,14 +144,9 @@ class OrderActivities:
         try:
             reservation = await self._inventory.reserve(order.order_id, order.items)
         except BusinessError as error:
-            raise await self._failed(step, EventType.INVENTORY_RESERVATION_FAILED, error) from error
-        version = await self._record(
-            order.order_id,
-            step.expected_version,
-            EventType.INVENTORY_RESERVED,
-            {"order_id": order.order_id, "lines": reservation.lines},
-        )
-        return StepResult(version)
+            raise await self._failed(step, InventoryReservationFailed, error) from error
+        reserved = InventoryReserved(order_id=order.order_id, lines=reservation.lines)
+        return StepResult(await self._record(step.expected_version, reserved))
 
     @activity.defn
     async def capture_payment(self, step: StepInput) -> StepResult:
@@ -145,7 +156,7 @@ class OrderActivities:
                 order.order_id, order.payment_token, order.total, order.currency
             )
         except BusinessError as error:
-            raise await self._failed(step, EventType.PAYMENT_DECLINED, error) from error
+            raise await self._failed(step, PaymentDeclined, error) from error
         except TransientParticipantError as error:
             # Retryable: Temporal tries again with backoff; no event for a transient fault. One
             # warning line per attempt, without the traceback of an expected failure.
@@ -155,18 +166,13 @@ class OrderActivities:
                 type="TransientParticipantError",
                 category=ApplicationErrorCategory.BENIGN,
             ) from error
-        version = await self._record(
-            order.order_id,
-            step.expected_version,
-            EventType.PAYMENT_CAPTURED,
-            {
-                "order_id": order.order_id,
-                "payment_id": payment.payment_id,
-                "amount": payment.amount,
-                "currency": payment.currency,
-            },
+        captured = PaymentCaptured(
+            order_id=order.order_id,
+            payment_id=payment.payment_id,
+            amount=payment.amount,
+            currency=payment.currency,
         )
-        return StepResult(version)
+        return StepResult(await self._record(step.expected_version, captured))
 
     @activity.defn
     async def schedule_shipment(self, step: StepInput) -> StepResult:
@@ -174,54 +180,46 @@ class OrderActivities:
         try:
             shipment = await self._shipping.schedule(order.order_id, order.shipping_address)
         except BusinessError as error:
-            raise await self._failed(step, EventType.SHIPMENT_FAILED, error) from error
-        version = await self._record(
-            order.order_id,
-            step.expected_version,
-            EventType.SHIPMENT_SCHEDULED,
-            {
-                "order_id": order.order_id,
-                "shipment_id": shipment.shipment_id,
-                "country": shipment.country,
-            },
+            raise await self._failed(step, ShipmentFailed, error) from error
+        scheduled = ShipmentScheduled(
+            order_id=order.order_id, shipment_id=shipment.shipment_id, country=shipment.country
         )
-        return StepResult(version)
+        return StepResult(await self._record(step.expected_version, scheduled))
 
     # Compensations: each undoes its step if the participant holds anything for the order, and
     # records that; when nothing is held (the step never took effect) there is no fact to record.
 
-    async def _undone(
-        self, step: StepInput, event_type: EventType, data: dict[str, Any] | None
-    ) -> StepResult:
-        if data is None:
-            return StepResult(step.expected_version)
-        data = {"order_id": step.order.order_id, **data}
-        version = await self._record(step.order.order_id, step.expected_version, event_type, data)
-        return StepResult(version)
-
     @activity.defn
     async def cancel_shipment(self, step: StepInput) -> StepResult:
-        shipment = await self._shipping.cancel(step.order.order_id)
-        data = None if shipment is None else {"shipment_id": shipment.shipment_id}
-        return await self._undone(step, EventType.SHIPMENT_CANCELLED, data)
+        order_id = step.order.order_id
+        shipment = await self._shipping.cancel(order_id)
+        if shipment is None:
+            return StepResult(step.expected_version)
+        undone = ShipmentCancelled(order_id=order_id, shipment_id=shipment.shipment_id)
+        return StepResult(await self._record(step.expected_version, undone))
 
     @activity.defn
     async def refund_payment(self, step: StepInput) -> StepResult:
-        refund = await self._payments.refund(step.order.order_id)
-        data = None
-        if refund is not None:
-            data = {
-                "payment_id": refund.payment_id,
-                "amount": refund.amount,
-                "currency": refund.currency,
-            }
-        return await self._undone(step, EventType.PAYMENT_REFUNDED, data)
+        order_id = step.order.order_id
+        refund = await self._payments.refund(order_id)
+        if refund is None:
+            return StepResult(step.expected_version)
+        undone = PaymentRefunded(
+            order_id=order_id,
+            payment_id=refund.payment_id,
+            amount=refund.amount,
+            currency=refund.currency,
+        )
+        return StepResult(await self._record(step.expected_version, undone))
 
     @activity.defn
     async def release_inventory(self, step: StepInput) -> StepResult:
-        released = await self._inventory.release(step.order.order_id)
-        data = None if released is None else {"lines": released.lines}
-        return await self._undone(step, EventType.INVENTORY_RELEASED, data)
+        order_id = step.order.order_id
+        released = await self._inventory.release(order_id)
+        if released is None:
+            return StepResult(step.expected_version)
+        undone = InventoryReleased(order_id=order_id, lines=released.lines)
+        return StepResult(await self._record(step.expected_version, undone))
 
     def all(self) -> list[Any]:
         return [

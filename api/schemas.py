@@ -8,32 +8,25 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ordersaga.bounds import (
-    CUSTOMER_ID_PATTERN,
     MAX_ITEMS,
     MAX_ORDER_TOTAL,
+    AddressLine,
+    City,
     CountryCode,
     CurrencyCode,
+    CustomerId,
+    Name,
+    PostalCode,
     Quantity,
+    Sku,
     Stock,
     Storable,
     UnitPrice,
 )
 from ordersaga.domain import OrderStatus
 
-Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-
-
-def _text(max_length: int) -> Any:
-    return Field(min_length=1, max_length=max_length)
-
-
-Name = Annotated[str, _text(200), Storable]
-City = Annotated[str, _text(100), Storable]
-PostalCode = Annotated[str, _text(20), Storable]
-Token = Annotated[str, _text(100), Storable]
-CustomerId = Annotated[
-    str, Field(pattern=CUSTOMER_ID_PATTERN, description="Your own id of the customer.")
-]
+# The order's own text types are the kernel's (`ordersaga.bounds`): the events carry the same.
+Token = Annotated[str, Field(min_length=1, max_length=100), Storable]
 
 
 class Strict(BaseModel):
@@ -49,7 +42,7 @@ class ItemIn(Strict):
 class AddressIn(Strict):
     name: Name
     line1: Name
-    line2: Annotated[str | None, Field(max_length=200), Storable] = None
+    line2: AddressLine = None
     city: City
     postal_code: PostalCode
     country: CountryCode

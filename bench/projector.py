@@ -38,9 +38,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ordersaga import bus, db, events
+from ordersaga.contracts.examples import example
 from ordersaga.db import create_engine, create_pool
 from ordersaga.devstack import DevStack, isolated_settings
-from ordersaga.domain import Address, EventType, Order, OrderItem, placed_event_data
+from ordersaga.domain import Address, EventType, Order, OrderItem
 from ordersaga.eventstore import EventStore, NewEvent, StoredEvent
 from ordersaga.settings import Settings
 from projections import runner
@@ -73,11 +74,11 @@ async def seed(settings: Settings, n_events: int) -> None:
     async def write(order_id: str) -> None:
         order = Order(order_id, "bench", [OrderItem("sku-1", 1, 100)],
                       Address("B", "1 Loop", "Localhost", "127", "DE"), "tok_visa")  # fmt: skip
+        # Valid payloads, as the saga's own: the projections read every event's payload.
         new = [
-            NewEvent(
-                str(uuid.uuid4()), t, placed_event_data(order) if t == EventType.PLACED else {}
-            )
+            NewEvent(str(uuid.uuid4()), t, p.as_data(), schema_version=p.schema_version)
             for t in HAPPY
+            for p in [example(t, order)]
         ]
         async with gate:
             stored.extend(await store.append(order_id, new, 0))

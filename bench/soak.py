@@ -62,6 +62,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ordersaga import bus, events
+from ordersaga.contracts.payloads import OrderPlaced
 from ordersaga.db import create_engine, create_pool
 from ordersaga.devstack import DevStack, Managed, isolated_settings
 from ordersaga.domain import EventType, SagaPolicy
@@ -1079,16 +1080,17 @@ class Soak:
             confirmed = [e for e in stored if e.event_type == EventType.CONFIRMED]
             if not confirmed or stored[0].event_type != EventType.PLACED:
                 continue
-            placed = stored[0].data
+            placed = _placed(stored[0])
             day = confirmed[0].occurred_at.date()
             skus = set()
-            for item in placed["items"]:
-                total = want_sales[(day, item["sku"], placed["currency"])]
-                total[1] += int(item["quantity"])
-                total[2] += int(item["quantity"]) * int(item["unit_price"])
-                skus.add(item["sku"])
+            currency = placed.total.currency
+            for item in placed.items:
+                total = want_sales[(day, item.sku, currency)]
+                total[1] += item.quantity
+                total[2] += item.quantity * item.unit_price.amount
+                skus.add(item.sku)
             for sku in skus:
-                want_sales[(day, sku, placed["currency"])][0] += 1
+                want_sales[(day, sku, currency)][0] += 1
         have_sales = {
             (r.day, r.sku, r.currency): [int(r.orders), int(r.units), int(r.revenue)]
             for r in await conn.execute(
@@ -1143,7 +1145,7 @@ class Soak:
         final: dict[str, tuple[str, str | None]],
     ) -> None:
         placed = {
-            order_id: stored[0].data
+            order_id: _placed(stored[0])
             for order_id, stored in streams.items()
             if stored and stored[0].event_type == EventType.PLACED
         }
@@ -1157,7 +1159,7 @@ class Soak:
         ):
             ledger[r.order_id][r.kind] = int(r.amount)
         net = sum(k.get("CAPTURE", 0) - k.get("REFUND", 0) for k in ledger.values())
-        confirmed_total = sum(int(placed[o]["total"]) for o in confirmed if o in placed)
+        confirmed_total = sum(placed[o].total.amount for o in confirmed if o in placed)
         if net != confirmed_total:
             self.find(
                 "money",
@@ -1166,7 +1168,7 @@ class Soak:
         for order_id, kinds in sorted(ledger.items()):
             if order_id not in placed:
                 self.find("money", f"order {order_id}: ledger rows {kinds} without an order")
-            elif order_id in confirmed and kinds != {"CAPTURE": int(placed[order_id]["total"])}:
+            elif order_id in confirmed and kinds != {"CAPTURE": placed[order_id].total.amount}:
                 self.find("money", f"order {order_id} CONFIRMED: ledger {kinds}")
             elif order_id in cancelled and kinds.get("CAPTURE") != kinds.get("REFUND"):
                 self.find("money", f"order {order_id} CANCELLED: ledger {kinds}")
@@ -1177,8 +1179,8 @@ class Soak:
         holds: dict[str, Counter[str]] = {}
         for order_id in confirmed:
             held = Counter[str]()
-            for item in placed.get(order_id, {}).get("items", []):
-                held[item["sku"]] += int(item["quantity"])
+            for item in placed[order_id].items if order_id in placed else []:
+                held[item.sku] += item.quantity
             holds[order_id] = held
         taken = sum(holds.values(), Counter[str]())
         stock = {
@@ -1350,6 +1352,13 @@ def _fix_refunds(customer_id: str) -> Callable[[AsyncConnection], Awaitable[None
 async def _status_counts(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(sa.text("SELECT status, count(*) FROM readmodel.orders GROUP BY 1"))
     return {str(status): int(n) for status, n in rows}
+
+
+def _placed(event: StoredEvent) -> OrderPlaced:
+    """An order's first event, typed (the store hands it over at the current version)."""
+    payload = events.payload(event)
+    assert isinstance(payload, OrderPlaced), event.event_type
+    return payload
 
 
 def _pending(placed: Iterable[str]) -> Callable[[AsyncConnection], Awaitable[dict[str, int]]]:

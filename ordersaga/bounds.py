@@ -26,10 +26,19 @@ __all__ = [
     "CUSTOMER_ID_PATTERN",
     "MAX_ITEMS",
     "MAX_ORDER_TOTAL",
+    "AddressLine",
+    "City",
     "CountryCode",
     "CurrencyCode",
+    "CustomerId",
+    "IsoCountry",
+    "IsoCurrency",
     "IsoDay",
+    "Money",
+    "Name",
+    "PostalCode",
     "Quantity",
+    "Sku",
     "Stock",
     "Storable",
     "UnitPrice",
@@ -93,6 +102,19 @@ CurrencyCode = Annotated[
     Field(description="ISO 4217 code.", json_schema_extra={"enum": CURRENCIES}),
     AfterValidator(_currency),
 ]
+# The same checks, with a schema that names the standard instead of listing today's codes: the
+# event contracts (`schemas/`) stay the same when pycountry learns a new code.
+IsoCountry = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Z]{2}$",
+        description="ISO 3166-1 alpha-2 code (ZZ: test mode, no carrier ships there).",
+    ),
+    AfterValidator(_country),
+]
+IsoCurrency = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code."), AfterValidator(_currency)
+]
 Whole = BeforeValidator(_not_bool)
 
 
@@ -112,3 +134,14 @@ UnitPrice = Annotated[
     Whole,
 ]
 Stock = Annotated[int, Field(ge=0, le=MAX_STOCK), Whole]
+Money = Annotated[int, Field(ge=0, le=MAX_ORDER_TOTAL), Whole]
+
+# Text of an order, the same in the API's requests and in the events that carry the order.
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=200), Storable]
+AddressLine = Annotated[str | None, Field(max_length=200), Storable]
+City = Annotated[str, Field(min_length=1, max_length=100), Storable]
+PostalCode = Annotated[str, Field(min_length=1, max_length=20), Storable]
+CustomerId = Annotated[
+    str, Field(pattern=CUSTOMER_ID_PATTERN, description="Your own id of the customer.")
+]

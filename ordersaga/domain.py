@@ -8,7 +8,7 @@ so sums are exact.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -225,11 +225,3 @@ def event_id(stream_id: str, version: int, event_type: str) -> str:
 
 def workflow_id(order_id: str) -> str:
     return f"order-{order_id}"
-
-
-def placed_event_data(order: Order) -> dict[str, Any]:
-    """`order.placed` carries the whole order (event-carried state transfer), but no card token."""
-    data = asdict(order)
-    data.pop("payment_token")
-    data["total"] = order.total
-    return data

@@ -1,4 +1,10 @@
-"""The wire format: CloudEvents 1.0 structured JSON, one per stored event."""
+"""The wire format: CloudEvents 1.0 structured JSON, one per stored event.
+
+Each event goes out as it was stored, at the schema version it was written with
+(`schemaversion`, and `dataschema` = the path of that version's JSON Schema on the API). Our own
+readers (the projections, `events tail`, the API through the upcasting event store) take it to the
+current version with `current`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,11 @@ import hashlib
 import json
 from typing import Any
 
+from ordersaga.contracts import registry
+from ordersaga.contracts.payloads import Payload
 from ordersaga.domain import EventType
-from ordersaga.eventstore import StoredEvent, Upcasters
+from ordersaga.domain import event_id as derive_event_id
+from ordersaga.eventstore import NewEvent, StoredEvent, Upcasters
 
 SOURCE = "/ordersaga/orders"
 
@@ -18,15 +27,31 @@ def subject_for(prefix: str, order_id: str, event_type: str) -> str:
 
 
 def order_upcasters() -> Upcasters:
-    """Every order event type at its current schema version (1 for all, so far).
+    """Every order event type at its current schema version, with a step from each older one
+    (`ordersaga.contracts.registry`)."""
+    upcasters = Upcasters()
+    for kind in EventType:
+        upcasters.current(kind.value, registry.current(kind.value).schema_version)
+    for event_type, from_version in registry.UPCASTS:
+        upcasters.register(event_type, from_version, registry.upcast_step(event_type, from_version))
+    return upcasters
 
-    When an event's shape changes: bump its version here, register the step from the old one,
-    and keep writing only the new shape.
-    """
-    registry = Upcasters()
-    for event_type in EventType:
-        registry.current(event_type.value, 1)
-    return registry
+
+def new_event(order_id: str, version: int, payload: Payload) -> NewEvent:
+    """The event that records `payload` at `version` of the order's stream, with the id derived
+    from (order, version, type), so a retried append stores nothing twice."""
+    event_type = payload.event_type.value
+    return NewEvent(
+        derive_event_id(order_id, version, event_type),
+        event_type,
+        registry.dump(payload),
+        schema_version=payload.schema_version,
+    )
+
+
+def payload(event: StoredEvent) -> Payload:
+    """A stored event's data as its typed payload, at the current version of its type."""
+    return registry.read(event.event_type, event.schema_version, event.data)
 
 
 def traceparent(order_id: str, event_id: str) -> str:
@@ -45,6 +70,7 @@ def to_cloudevent(event: StoredEvent) -> dict[str, Any]:
         "subject": event.stream_id,
         "time": event.occurred_at.isoformat(),
         "datacontenttype": "application/json",
+        "dataschema": registry.dataschema(event.event_type, event.schema_version),
         "data": event.data,
         # Extension attributes (lower-case alphanumerics, as the spec requires).
         "streamversion": event.version,
@@ -67,3 +93,22 @@ def decode(payload: bytes) -> dict[str, Any]:
         if key not in doc:
             raise ValueError(f"CloudEvent lacks {key!r}")
     return doc
+
+
+def current(doc: dict[str, Any]) -> tuple[dict[str, Any], Payload]:
+    """A decoded CloudEvent taken to the current version of its type: the document (its `data`,
+    `schemaversion` and `dataschema` those of the current version) and the typed payload.
+
+    Raises `registry.UnknownPayload` for a type or version this code does not know, and pydantic's
+    `ValidationError` for data its schema refuses."""
+    event_type, version = str(doc["type"]), int(doc.get("schemaversion", 1))
+    typed = registry.read(event_type, version, doc["data"])
+    if typed.schema_version == version:
+        return doc, typed
+    upcast = {
+        **doc,
+        "data": registry.dump(typed),
+        "schemaversion": typed.schema_version,
+        "dataschema": registry.dataschema(event_type, typed.schema_version),
+    }
+    return upcast, typed

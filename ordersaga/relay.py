@@ -250,7 +250,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "relay") as res:
         relay = Relay(
-            await res.store(pool_size=2),
+            # Without upcasters: the bus carries each event as it was stored, at the schema
+            # version it was written with (its `dataschema` says which).
+            EventStore(await res.pool(size=2)),
             EventPublisher(await res.jetstream(setup=True), settings),
             Lease(settings, settings.relay.name),
             name=settings.relay.name,

@@ -6,18 +6,27 @@ import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ordersaga.contracts import registry
+from ordersaga.contracts.payloads import OrderPlaced, Payload
 from ordersaga.domain import EventType, OrderStatus
 from ordersaga.eventstore import StoredEvent
 
 
 @dataclass(frozen=True)
 class OrderEvent:
-    """What a projection needs of an event, whether it came from JetStream or the store."""
+    """What a projection needs of an event, whether it came from JetStream or the store.
+
+    `data` is the event's JSON as it arrived, at its `schema_version`; projections read
+    `payload`, the typed payload at the current version. It is validated and upcast when first
+    read, so an event whose data breaks its contract fails in the projection that reads it, and
+    is dead-lettered there (its order's other read models, which do not read it, carry on).
+    """
 
     order_id: str
     version: int
@@ -25,6 +34,11 @@ class OrderEvent:
     data: dict[str, Any]
     occurred_at: datetime
     event_id: str = ""
+    schema_version: int = 1
+
+    @cached_property
+    def payload(self) -> Payload:
+        return registry.read(self.event_type, self.schema_version, self.data)
 
     @classmethod
     def from_cloudevent(cls, doc: dict[str, Any]) -> OrderEvent:
@@ -35,6 +49,7 @@ class OrderEvent:
             data=dict(doc["data"]),
             occurred_at=datetime.fromisoformat(doc["time"]),
             event_id=str(doc["id"]),
+            schema_version=int(doc.get("schemaversion", 1)),
         )
 
     @classmethod
@@ -46,7 +61,25 @@ class OrderEvent:
             event.data,
             event.occurred_at,
             event.event_id,
+            event.schema_version,
         )
+
+
+def placed(event: OrderEvent) -> OrderPlaced:
+    """The payload of an order's first event, which every read model starts from."""
+    payload = event.payload
+    if not isinstance(payload, OrderPlaced):
+        raise ProjectionError(f"order {event.order_id}: first event is {event.event_type}")
+    return payload
+
+
+def item_rows(order: OrderPlaced) -> list[dict[str, Any]]:
+    """The order's lines as the read models keep them (the `items` of `GET /orders/{id}`): the
+    unit price in minor units of the order's currency."""
+    return [
+        {"sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price.amount}
+        for line in order.items
+    ]
 
 
 # The status an event moves the order to; None: the event leaves the status as it is.

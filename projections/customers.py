@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from projections.base import STATUS_ON, OrderEvent, apply_rows, check
+from projections.base import STATUS_ON, OrderEvent, apply_rows, check, placed
 
 _COLUMNS = (
     "order_id, customer_id, status, total, currency, item_count, version, placed_at, updated_at"
@@ -44,13 +44,13 @@ class CustomerOrdersProjection:
 def fold(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:
     check(row, event, STATUS_ON)
     if row is None:
-        d = event.data
+        order = placed(event)
         row = {
             "order_id": event.order_id,
-            "customer_id": d["customer_id"],
-            "total": d["total"],
-            "currency": d["currency"],
-            "item_count": sum(int(i["quantity"]) for i in d["items"]),
+            "customer_id": order.customer_id,
+            "total": order.total.amount,
+            "currency": order.total.currency,
+            "item_count": sum(line.quantity for line in order.items),
             "placed_at": event.occurred_at,
         }
     else:

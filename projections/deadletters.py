@@ -18,7 +18,7 @@ from ordersaga.settings import Settings, get_settings
 from projections import notifier
 from projections.base import OrderEvent
 from projections.queries import APPLIED_CHANNEL
-from projections.runtime import Applier
+from projections.runtime import Applier, storable
 
 
 class DeadLetterError(Exception):
@@ -166,7 +166,7 @@ async def retry(
     except DeadLetterError:
         raise
     except Exception as error:
-        message = f"{type(error).__name__}: {error}"
+        message = storable(f"{type(error).__name__}: {error}")
         async with engine.begin() as conn:
             await conn.execute(
                 sa.text(

@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ordersaga import runtime
-from ordersaga.domain import EventType
+from ordersaga.contracts.payloads import OrderCancelled, OrderConfirmed
 from ordersaga.settings import Settings
 from projections.base import OrderEvent
 from projections.runtime import DEAD_LETTER, Delivery, dead_letter_row
@@ -81,8 +81,12 @@ _WAITED_OUT = (
 )
 
 
-def compose(event_type: str, order: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The customer's message: a subject line and what a mail template needs."""
+Terminal = OrderConfirmed | OrderCancelled
+
+
+def compose(event: Terminal, order: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The customer's message: a subject line and what a mail template needs; the order as the
+    API shows it, the outcome and its reason as the event says."""
     short = order["order_id"][:8]
     money = f"{order['total'] / 100:.2f} {order['currency']}"
     body = {
@@ -92,9 +96,9 @@ def compose(event_type: str, order: dict[str, Any]) -> tuple[str, dict[str, Any]
         "currency": order["currency"],
         "items": [{"sku": i["sku"], "quantity": i["quantity"]} for i in order["items"]],
     }
-    if event_type == EventType.CONFIRMED:
+    if isinstance(event, OrderConfirmed):
         return f"Your order {short} is confirmed ({money})", body
-    body["reason"] = order.get("failure_reason")
+    body["reason"] = event.reason.value
     return f"Your order {short} was cancelled", body
 
 
@@ -138,8 +142,11 @@ async def _order(http: httpx.AsyncClient, order_id: str, version: int) -> dict[s
 
 async def message(http: httpx.AsyncClient, event: OrderEvent) -> dict[str, Any]:
     """The outbox row for a terminal event, from the API's view of its order."""
+    outcome = event.payload
+    if not isinstance(outcome, Terminal):
+        raise NotReady(f"{event.event_type} is not an order's outcome; nothing to tell")
     order = await _order(http, event.order_id, event.version)
-    subject, body = compose(event.event_type, order)
+    subject, body = compose(outcome, order)
     return {
         "event_id": event.event_id,
         "order_id": order["order_id"],

@@ -8,8 +8,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ordersaga.domain import EventType
-from projections.base import STATUS_ON, OrderEvent, ProjectionError, apply_rows, check
+from ordersaga.contracts.payloads import OrderCancelled, Refusal
+from projections.base import (
+    STATUS_ON,
+    OrderEvent,
+    ProjectionError,
+    apply_rows,
+    check,
+    item_rows,
+    placed,
+)
 
 # What of each event's data the timeline keeps (the order id is the row's already).
 _TIMELINE_KEYS = ("reason", "detail", "amount", "lines", "shipment_id", "compensation", "error")
@@ -27,14 +35,14 @@ def apply(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:
             f"order {event.order_id}: event version {event.version} after {row['version']}"
         )
     if row is None:
-        d = event.data
+        order = placed(event)
         row = {
             "order_id": event.order_id,
-            "customer_id": d["customer_id"],
-            "items": d["items"],
-            "shipping_address": d["shipping_address"],
-            "total": d["total"],
-            "currency": d["currency"],
+            "customer_id": order.customer_id,
+            "items": item_rows(order),
+            "shipping_address": order.shipping_address.model_dump(mode="json"),
+            "total": order.total.amount,
+            "currency": order.total.currency,
             "failure_reason": None,
             "timeline": [],
             "placed_at": event.occurred_at,
@@ -46,14 +54,15 @@ def apply(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:
         row["status"] = status.value
     row["version"] = event.version
     row["updated_at"] = event.occurred_at
-    if "reason" in event.data and event.event_type != EventType.PLACED:
-        row["failure_reason"] = event.data["reason"]
+    payload = event.payload
+    if isinstance(payload, Refusal | OrderCancelled):
+        row["failure_reason"] = payload.reason.value
     entry: dict[str, Any] = {
         "version": event.version,
         "type": event.event_type,
         "at": event.occurred_at.isoformat(),
     }
-    entry.update({k: event.data[k] for k in _TIMELINE_KEYS if k in event.data})
+    entry.update((k, v) for k, v in payload.as_data().items() if k in _TIMELINE_KEYS)
     row["timeline"].append(entry)
     return row
 

@@ -190,6 +190,13 @@ class Delivery:
             return cls(msg, None, f"undecodable: {type(error).__name__}: {error}")
 
 
+def storable(text: str) -> str:
+    """Text Postgres stores: a NUL or an unpaired surrogate (which a poison event's error message
+    may quote) shown escaped."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def dead_letter_row(
     projection: str, delivery: Delivery, error: str, state: str
 ) -> dict[str, object]:
@@ -205,7 +212,7 @@ def dead_letter_row(
         "stream_seq": delivery.seq,
         "deliveries": delivery.deliveries,
         "payload": delivery.msg.data,
-        "error": error[:4000],
+        "error": storable(error)[:4000],
         "state": state,
     }
 

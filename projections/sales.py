@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ordersaga.domain import EventType
-from projections.base import OrderEvent
+from projections.base import OrderEvent, item_rows, placed
 
 
 class SalesProjection:
@@ -50,11 +50,12 @@ class SalesProjection:
         holds = [
             {
                 "order_id": e.order_id,
-                "currency": e.data["currency"],
-                "items": json.dumps(e.data["items"]),
+                "currency": order.total.currency,
+                "items": json.dumps(item_rows(order)),
             }
             for e in events
             if e.event_type == EventType.PLACED
+            for order in [placed(e)]
         ]
         if holds:
             await conn.execute(self._hold, holds)

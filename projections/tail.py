@@ -1,4 +1,5 @@
-"""`ordersaga events tail`: an ordered ephemeral consumer on the ORDERS stream, decoded."""
+"""`ordersaga events tail`: an ordered ephemeral consumer on the ORDERS stream, decoded and at
+the current schema version of each event type."""
 
 from __future__ import annotations
 
@@ -88,6 +89,12 @@ async def tail(
                 except ValueError as error:
                     echo(f"{msg.subject}: not a CloudEvent ({error})")
                 else:
+                    # At the current schema version, as every reader of ours sees it (the bus
+                    # carries each event as it was stored: `nats sub` shows that).
+                    try:
+                        doc, _ = events.current(doc)
+                    except ValueError as error:  # unknown version, or data its schema refuses
+                        echo(f"{msg.subject}: {doc.get('type')} breaks its contract ({error})")
                     echo(json.dumps(doc) if as_json else line(doc))
                 seen += 1
         finally:

@@ -15,7 +15,8 @@ import httpx
 import sqlalchemy as sa
 
 from ordersaga import events
-from ordersaga.domain import Address, Order, OrderItem, placed_event_data
+from ordersaga.contracts.examples import example
+from ordersaga.domain import Address, Order, OrderItem
 from ordersaga.eventstore import EventStore, NewEvent, StoredEvent
 
 T = TypeVar("T")
@@ -132,7 +133,8 @@ def fake_events(
     types: Sequence[str] = HAPPY_PATH,
     overrides: dict[int, dict[str, Any]] | None = None,
 ) -> list[StoredEvent]:
-    """An order's events as a producer would publish them (not written to the event store)."""
+    """An order's events as a producer would publish them (not written to the event store): each
+    a valid payload of the current version, but for what `overrides` puts in (per version)."""
     order = Order(
         order_id=order_id,
         customer_id=customer_id,
@@ -143,8 +145,8 @@ def fake_events(
     now = datetime.now(UTC)
     out = []
     for version, event_type in enumerate(types, start=1):
-        data: dict[str, Any] = placed_event_data(order) if version == 1 else {}
-        data.update((overrides or {}).get(version, {}))
+        payload = example(event_type, order)
+        data = {**payload.as_data(), **(overrides or {}).get(version, {})}
         out.append(
             StoredEvent(
                 position=0,
@@ -152,7 +154,7 @@ def fake_events(
                 version=version,
                 event_id=str(uuid.uuid4()),
                 event_type=event_type,
-                schema_version=1,
+                schema_version=payload.schema_version,
                 data=data,
                 metadata={},
                 occurred_at=now,
@@ -189,7 +191,12 @@ async def append(store: EventStore, stored: Sequence[StoredEvent]) -> list[Store
         by_order.setdefault(event.stream_id, []).append(event)
     for order_id, evs in by_order.items():
         out += await store.append(
-            order_id, [NewEvent(e.event_id, e.event_type, e.data) for e in evs], 0
+            order_id,
+            [
+                NewEvent(e.event_id, e.event_type, e.data, schema_version=e.schema_version)
+                for e in evs
+            ],
+            0,
         )
     return out
 

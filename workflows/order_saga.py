@@ -12,11 +12,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from ordersaga.contracts import payloads
+    from ordersaga.contracts.payloads import Compensation, Payload
     from ordersaga.domain import (
         BUSINESS_ERRORS,
         ORDER_STATUS,
         CancelReason,
-        EventType,
         Order,
         OrderStatus,
         RecordInput,
@@ -26,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
         Step,
         StepInput,
         StepResult,
-        placed_event_data,
     )
 
 # Activity names are verbs, so the Temporal Web UI tells the story of each saga.
@@ -35,7 +35,7 @@ FORWARD = {
     Step.PAYMENT: "capture_payment",
     Step.SHIPPING: "schedule_shipment",
 }
-COMPENSATE = {
+COMPENSATE: dict[Step, Compensation] = {
     Step.INVENTORY: "release_inventory",
     Step.PAYMENT: "refund_payment",
     Step.SHIPPING: "cancel_shipment",
@@ -87,7 +87,7 @@ class OrderSaga:
         order = saga.order
         self._order_id = order.order_id
         self._policy = saga.policy
-        await self._record(EventType.PLACED, placed_event_data(order))
+        await self._record(payloads.placed(order))
 
         attempted: list[Step] = []
         for step in Step:
@@ -116,19 +116,17 @@ class OrderSaga:
             self._reason = CancelReason.CUSTOMER_REQUEST
         if self._reason is None:
             self._confirming = True
-            await self._record(
-                EventType.CONFIRMED, {"order_id": order.order_id, "total": order.total}
-            )
+            await self._record(payloads.confirmed(order))
             self._set_status(OrderStatus.CONFIRMED)
             return self.status()
 
         self._set_status(OrderStatus.COMPENSATING)
         for step in reversed(attempted):
             await self._compensate(COMPENSATE[step], order)
-        cancelled: dict[str, Any] = {"order_id": order.order_id, "reason": self._reason.value}
+        detail = None
         if self._reason == CancelReason.CUSTOMER_REQUEST and self._cancel_detail:
-            cancelled["detail"] = self._cancel_detail
-        await self._record(EventType.CANCELLED, cancelled)
+            detail = self._cancel_detail
+        await self._record(payloads.cancelled(order.order_id, self._reason, detail))
         self._set_status(OrderStatus.CANCELLED)
         return self.status()
 
@@ -209,7 +207,7 @@ class OrderSaga:
             ),
         )
 
-    async def _compensate(self, name: str, order: Order) -> None:
+    async def _compensate(self, name: Compensation, order: Order) -> None:
         while True:
             try:
                 p = self._policy
@@ -220,10 +218,7 @@ class OrderSaga:
             except ActivityError as error:
                 cause = str(error.cause or error)
                 self._attention_error = f"{name}: {cause}"
-                await self._record(
-                    EventType.REQUIRES_ATTENTION,
-                    {"order_id": order.order_id, "compensation": name, "error": cause},
-                )
+                await self._record(payloads.requires_attention(order.order_id, name, cause))
                 self._set_status(OrderStatus.REQUIRES_ATTENTION)
                 self._retry_requested = False
                 await self._shielded(workflow.wait_condition(self._retry_is_requested))
@@ -236,13 +231,17 @@ class OrderSaga:
     def _retry_is_requested(self) -> bool:
         return self._retry_requested
 
-    async def _record(self, event_type: EventType, data: dict[str, Any]) -> None:
+    async def _record(self, payload: Payload) -> None:
         # A local activity: recording rides in the current workflow task, with no extra round
-        # trip to the server. It retries until the event store takes the event.
+        # trip to the server. It retries until the event store takes the event. The typed
+        # payload crosses Temporal as its JSON; the activity validates it before storing.
+        request = RecordInput(
+            self._order_id, self._version, payload.event_type.value, payload.as_data()
+        )
         result = await self._shielded(
             workflow.execute_local_activity(
                 "record_event",
-                RecordInput(self._order_id, self._version, event_type.value, data),
+                request,
                 result_type=StepResult,
                 start_to_close_timeout=timedelta(seconds=self._policy.activity_timeout_s),
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),

@@ -52,10 +52,11 @@ def test_placed_starts_the_row_with_the_order_summary() -> None:
 def test_item_count_adds_the_quantities_of_every_line() -> None:
     [placed] = order_events(types=HAPPY_PATH[:1])
     lines = [
-        {"sku": "sku-a", "quantity": 2, "unit_price": 100},
-        {"sku": "sku-b", "quantity": 5, "unit_price": 10},
+        {"sku": "sku-a", "quantity": 2, "unit_price": {"amount": 100, "currency": "EUR"}},
+        {"sku": "sku-b", "quantity": 5, "unit_price": {"amount": 10, "currency": "EUR"}},
     ]
-    row = fold(None, replace(placed, data={**placed.data, "items": lines, "total": 250}))
+    total = {"amount": 250, "currency": "EUR"}
+    row = fold(None, replace(placed, data={**placed.data, "items": lines, "total": total}))
     assert (row["item_count"], row["total"]) == (7, 250)
 
 

@@ -6,9 +6,12 @@ from typing import Any
 
 import pytest
 
+from ordersaga.contracts.payloads import OrderCancelled, OrderConfirmed
+from ordersaga.domain import CancelReason
 from projections.notifier import compose
 
 ORDER_ID = "3f2a9c1e-7b4d-4e8f-9a0b-1c2d3e4f5a6b"
+CONFIRMED = OrderConfirmed(order_id=ORDER_ID, total=2500)
 
 
 def order(**changes: Any) -> dict[str, Any]:
@@ -30,7 +33,7 @@ def order(**changes: Any) -> dict[str, Any]:
 
 
 def test_a_confirmation_names_the_order_and_its_total() -> None:
-    subject, body = compose("order.confirmed", order())
+    subject, body = compose(CONFIRMED, order())
     assert subject == "Your order 3f2a9c1e is confirmed (25.00 EUR)"
     assert body == {
         "order_id": ORDER_ID,
@@ -55,14 +58,14 @@ def test_a_confirmation_names_the_order_and_its_total() -> None:
 def test_money_is_shown_in_major_units_with_two_decimals(
     total: int, currency: str, shown: str
 ) -> None:
-    subject, body = compose("order.confirmed", order(total=total, currency=currency))
+    subject, body = compose(CONFIRMED, order(total=total, currency=currency))
     assert subject == f"Your order 3f2a9c1e is confirmed ({shown})"
     assert (body["total"], body["currency"]) == (total, currency)  # the body keeps minor units
 
 
 def test_a_cancellation_carries_the_reason_and_no_total_in_the_subject() -> None:
-    cancelled = order(status="CANCELLED", failure_reason="payment_declined")
-    subject, body = compose("order.cancelled", cancelled)
+    cancelled = OrderCancelled(order_id=ORDER_ID, reason=CancelReason.PAYMENT_DECLINED)
+    subject, body = compose(cancelled, order(status="CANCELLED", failure_reason=None))
     assert subject == "Your order 3f2a9c1e was cancelled"
     assert body == {
         "order_id": ORDER_ID,
@@ -70,12 +73,6 @@ def test_a_cancellation_carries_the_reason_and_no_total_in_the_subject() -> None
         "total": 2500,
         "currency": "EUR",
         "items": [{"sku": "sku-a", "quantity": 2}, {"sku": "sku-b", "quantity": 1}],
+        # The event's own reason: the read model may not have caught up with it.
         "reason": "payment_declined",
     }
-
-
-def test_a_cancellation_without_a_recorded_reason_says_so() -> None:
-    cancelled = order(status="CANCELLED")
-    del cancelled["failure_reason"]
-    _, body = compose("order.cancelled", cancelled)
-    assert "reason" in body and body["reason"] is None

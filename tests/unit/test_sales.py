@@ -67,7 +67,10 @@ def order(
     at: datetime = DAY,
 ) -> list[OrderEvent]:
     """An order's events the sales projection takes (placed and how it ended), `at` a time."""
-    overrides = {1: {"items": items}} if items is not None else None
+    overrides = None
+    if items is not None:  # lines as the read models keep them; order.placed carries Money
+        lines = [{**i, "unit_price": {"amount": i["unit_price"], "currency": "EUR"}} for i in items]
+        overrides = {1: {"items": lines}}
     stored = fake_events(order_id, "c", "sku-a", quantity, unit_price, types, overrides)
     wanted = SalesProjection.event_types
     return [

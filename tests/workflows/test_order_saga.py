@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from ordersaga.contracts import registry
 from ordersaga.devstack import StackError, find_tool
 from ordersaga.domain import (
     SEARCH_ATTRIBUTES,
@@ -106,6 +107,8 @@ class Participants:
     def activities(self) -> list[Callable[..., object]]:
         @activity.defn(name="record_event")
         async def record_event(request: RecordInput) -> StepResult:
+            # What the real activity does first: the payload meets its contract.
+            registry.current(request.event_type).model_validate(request.data)
             self.recorded.append(request.event_type)
             return StepResult(request.expected_version + 1)
 
