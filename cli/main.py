@@ -390,6 +390,41 @@ def keys_list() -> None:
         typer.echo(f"{k.id}  {k.role:<8}  {k.name}  created {k.created_at:%Y-%m-%d %H:%M}{revoked}")
 
 
+schemas_app = typer.Typer(
+    help="The event contracts: JSON Schemas per event type and version, and the AsyncAPI document."
+)
+app.add_typer(schemas_app, name="schemas")
+
+
+@schemas_app.command("generate")
+def schemas_generate() -> None:
+    """Write `schemas/` from the payload models (run `ordersaga schemas check` after)."""
+    from ordersaga.contracts import schemas
+
+    written = schemas.generate()
+    for path in written:
+        typer.echo(f"wrote {path.relative_to(schemas.ROOT)}")
+    typer.echo(f"{len(written)} file(s) written" if written else "schemas/ is up to date")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Fail when `schemas/` differs from the models, or a version's schema broke its consumers
+    (here or in any commit of its history), or a new version lacks its upcaster or its test."""
+    from ordersaga.contracts import schemas
+
+    if not schemas.SCHEMAS_DIR.is_dir():
+        raise typer.Exit(_fail(f"no {schemas.SCHEMAS_DIR}: run this in the repository"))
+    report = schemas.check()
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    if not report.ok:
+        for problem in report.problems:
+            typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo("schemas/ matches the models; every change of a version is additive")
+
+
 def main() -> None:
     from ordersaga.bus import BusMismatch
     from ordersaga.versions import UnsupportedServer
