@@ -12,7 +12,7 @@ from api import errors
 from api.deps import AppContext
 from api.limits import BodyLimit
 from api.progress import AppliedWatch
-from api.routes import customers, health, inventory, orders, projections, reports
+from api.routes import contracts, customers, health, inventory, orders, projections, reports
 from ordersaga import runtime
 from ordersaga.participants import Inventory
 from ordersaga.settings import Settings, get_settings
@@ -60,4 +60,5 @@ def create_app(
     app.include_router(reports.router)
     app.include_router(projections.router)
     app.include_router(health.router)
+    app.include_router(contracts.router)
     return app
