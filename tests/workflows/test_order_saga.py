@@ -7,163 +7,21 @@ and timers cost no wall time; elsewhere on a local dev server from the `temporal
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
-from temporalio import activity
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from ordersaga.contracts import registry
-from ordersaga.devstack import StackError, find_tool
-from ordersaga.domain import (
-    SEARCH_ATTRIBUTES,
-    Address,
-    CancelReason,
-    Order,
-    OrderItem,
-    OrderStatus,
-    RecordInput,
-    SagaInput,
-    SagaPolicy,
-    SagaState,
-    StepInput,
-    StepResult,
-    workflow_id,
-)
-from ordersaga.runtime import ensure_search_attributes
-from ordersaga.settings import Settings
+from ordersaga.domain import CancelReason, OrderStatus
+from tests.workflows.standins import POLICY, Handle, Participants, run_saga, start_env, until
 from workflows.order_saga import OrderSaga
-
-Handle = WorkflowHandle[OrderSaga, SagaState]
-
-POLICY = SagaPolicy(
-    step_max_attempts=3,
-    compensation_max_attempts=3,
-    initial_interval_s=1.0,
-    max_interval_s=2.0,
-    activity_timeout_s=10.0,
-)
 
 
 @pytest.fixture(scope="module")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
-    try:
-        test_server: str | None = find_tool("temporal-test-server")
-    except StackError:
-        test_server = None
-    if test_server is not None:
-        environment = await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=test_server
-        )
-        await ensure_search_attributes(environment.client, Settings())
-    else:
-        environment = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=find_tool("temporal"),
-            search_attributes=list(SEARCH_ATTRIBUTES),
-        )
-    async with environment:
+    async with start_env() as environment:
         yield environment
-
-
-@dataclass
-class Participants:
-    """Stand-ins that record each call and its expected version; failures are injected per name."""
-
-    calls: list[str] = field(default_factory=list)
-    recorded: list[str] = field(default_factory=list)
-    business_failure: dict[str, str] = field(default_factory=dict)  # activity -> error type
-    transient_failures: dict[str, int] = field(default_factory=dict)  # activity -> failures left
-    hold: dict[str, asyncio.Event] = field(default_factory=dict)  # activity -> released when set
-    started: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    def step(self, name: str) -> Callable[[StepInput], object]:
-        @activity.defn(name=name)
-        async def run(step: StepInput) -> StepResult:
-            self.calls.append(name)
-            self.started.setdefault(name, asyncio.Event()).set()
-            if name in self.hold:
-                await self.hold[name].wait()
-            if self.transient_failures.get(name, 0) > 0:
-                self.transient_failures[name] -= 1
-                raise RuntimeError(f"{name} is down")
-            if name in self.business_failure:
-                self.recorded.append(f"{name}:failed")
-                raise ApplicationError(
-                    "refused",
-                    {"version": step.expected_version + 1},
-                    type=self.business_failure[name],
-                    non_retryable=True,
-                )
-            self.recorded.append(name)
-            return StepResult(step.expected_version + 1)
-
-        return run
-
-    def activities(self) -> list[Callable[..., object]]:
-        @activity.defn(name="record_event")
-        async def record_event(request: RecordInput) -> StepResult:
-            # What the real activity does first: the payload meets its contract.
-            registry.current(request.event_type).model_validate(request.data)
-            self.recorded.append(request.event_type)
-            return StepResult(request.expected_version + 1)
-
-        names = [
-            "reserve_inventory",
-            "capture_payment",
-            "schedule_shipment",
-            "cancel_shipment",
-            "refund_payment",
-            "release_inventory",
-        ]
-        return [record_event, *(self.step(n) for n in names)]
-
-
-async def until(
-    env: WorkflowEnvironment, handle: Handle, done: Callable[[SagaState], bool], what: str
-) -> SagaState:
-    """Poll the workflow's status query until `done`, within a deadline of (skipped) time."""
-    for _ in range(60):
-        state = await handle.query(OrderSaga.status)
-        if done(state):
-            return state
-        await env.sleep(1)  # poll step: virtual time on the time-skipping server
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def new_order() -> Order:
-    return Order(
-        order_id=str(uuid.uuid4()),
-        customer_id="c-1",
-        items=[OrderItem("sku-a", 2, 500)],
-        shipping_address=Address("Ada", "1 Main St", "Berlin", "10115", "DE"),
-        payment_token="tok_visa",
-    )
-
-
-async def run_saga(
-    client: Client,
-    participants: Participants,
-    body: Callable[[Handle], Awaitable[None]] | None = None,
-) -> SagaState:
-    queue = f"saga-test-{uuid.uuid4().hex[:8]}"
-    order = new_order()
-    async with Worker(
-        client, task_queue=queue, workflows=[OrderSaga], activities=participants.activities()
-    ):
-        handle = await client.start_workflow(
-            OrderSaga.run,
-            SagaInput(order, POLICY),
-            id=workflow_id(order.order_id),
-            task_queue=queue,
-        )
-        if body is not None:
-            await body(handle)
-        return await handle.result()
 
 
 async def test_happy_path_runs_the_steps_in_order_and_confirms(env: WorkflowEnvironment) -> None:

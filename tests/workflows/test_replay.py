@@ -1,9 +1,15 @@
 """Sagas already running survive changes to the workflow: histories recorded with earlier code
-(`histories/`, the saga as it stood at commit ac00f12, with the attempt-count retry policy)
 replay against the current `OrderSaga` without a non-determinism error.
 
-When a change to the workflow fails this test, guard it with `workflow.patched(...)`; add the
-history of every new path here once it is recorded.
+`histories/*.json`: a happy path and a declined payment, recorded at commit ac00f12 (the
+attempt-count retry policy, before the relay). `histories/typed-payloads/`: every path of the
+saga (each refusal, a customer's cancel, Temporal's cancel, a flaky payment, a step out of
+retries, a compensation that required attention and was retried), recorded when the payloads
+became typed (`python -m tests.workflows.record_histories <folder>`).
+
+When a change to the workflow fails this test, guard it with `workflow.patched(...)`
+(`changed_saga.py` and `test_patching.py` work one change through); record the new code's
+paths into a folder of their own, and keep the old folders while sagas of their code may run.
 """
 
 from __future__ import annotations
@@ -14,22 +20,27 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from tests.workflows.record_histories import PATHS
 from workflows.order_saga import OrderSaga
 
+FOLDER = Path(__file__).parent / "histories"
 HISTORIES = {
-    path.stem: path.read_text()
-    for path in sorted((Path(__file__).parent / "histories").glob("*.json"))
+    path.relative_to(FOLDER).with_suffix("").as_posix(): path.read_text()
+    for path in sorted(FOLDER.rglob("*.json"))
 }
+
+
+def history(name: str) -> WorkflowHistory:
+    return WorkflowHistory.from_json(f"order-{name}", HISTORIES[name])
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
 async def test_a_recorded_saga_replays_on_the_current_workflow(name: str) -> None:
-    history = WorkflowHistory.from_json(f"order-{name}", HISTORIES[name])
     result = await Replayer(workflows=[OrderSaga]).replay_workflow(
-        history, raise_on_replay_failure=False
+        history(name), raise_on_replay_failure=False
     )
     assert result.replay_failure is None, result.replay_failure
 
 
 def test_the_recorded_paths_are_there() -> None:
-    assert set(HISTORIES) >= {"happy", "declined"}
+    assert set(HISTORIES) >= {"happy", "declined"} | {f"typed-payloads/{p}" for p in PATHS}
