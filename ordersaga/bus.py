@@ -39,17 +39,30 @@ from nats.js.errors import NotFoundError
 from ordersaga import events
 from ordersaga.eventstore import StoredEvent
 from ordersaga.settings import Settings
+from ordersaga.tls import ssl_context
 
 log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings, name: str) -> NATS:
+    ns = settings.nats_auth()
+    auth: dict[str, Any] = {}
+    if ns.user is not None:
+        auth.update(user=ns.user, password=ns.password)
+    if ns.token is not None:
+        auth.update(token=ns.token)
+    if ns.creds_file is not None:
+        auth.update(user_credentials=str(ns.creds_file))
+    context = ssl_context(ns.tls)
+    if context is not None:
+        auth.update(tls=context, tls_hostname=ns.tls.server_name)
     return await nats.connect(
-        settings.nats_url(),
+        settings.nats_url().split(","),
         name=f"ordersaga-{name}",
         connect_timeout=5,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        **auth,
     )
 
 

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import ssl
+
 import asyncpg
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ordersaga.settings import Settings
+from ordersaga.tls import ssl_context
+
+
+def url(settings: Settings) -> URL:
+    """The database URL with the password from `database.password`, when that is set."""
+    parsed = make_url(settings.database_url())
+    if settings.database.password is not None:
+        parsed = parsed.set(password=settings.database.password)
+    return parsed
+
+
+def tls(settings: Settings) -> ssl.SSLContext | bool:
+    """asyncpg's `ssl` argument: our verifying context, or False (plain TCP)."""
+    if settings.database.tls.server_name is not None:
+        # asyncpg checks the certificate against the host it connects to; it has no override.
+        raise ValueError(
+            "ORDERSAGA_DATABASE__TLS__SERVER_NAME is not supported: put the name the server's "
+            "certificate carries in the URL's host"
+        )
+    return ssl_context(settings.database.tls) or False
+
+
+def engine_args(settings: Settings) -> dict[str, object]:
+    """What every SQLAlchemy engine on our database needs beyond the URL (migrations too)."""
+    return {"connect_args": {"ssl": tls(settings)}}
 
 
 def _server_settings(settings: Settings) -> dict[str, str]:
@@ -22,20 +49,21 @@ def _server_settings(settings: Settings) -> dict[str, str]:
 
 def _address(settings: Settings) -> dict[str, object]:
     """asyncpg's connection arguments, from the same URL SQLAlchemy uses."""
-    url = make_url(settings.database_url())
+    parsed = url(settings)
     return {
-        "host": url.host,
-        "port": url.port,
-        "user": url.username,
-        "password": url.password,
-        "database": url.database,
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "database": parsed.database,
+        "ssl": tls(settings),
     }
 
 
 def where(settings: Settings) -> str:
     """The database's address for messages: host, port and name, never the password."""
-    url = make_url(settings.database_url())
-    return f"{url.host}:{url.port or 5432}/{url.database}"
+    parsed = make_url(settings.database_url())
+    return f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
 
 
 def create_engine(
@@ -45,11 +73,11 @@ def create_engine(
     that fails on a dead connection anyway (the projector: the batch is delivered again)."""
     db = settings.database
     return create_async_engine(
-        settings.database_url(),
+        url(settings),
         pool_size=pool_size or db.pool_size,
         max_overflow=db.pool_size,
         pool_pre_ping=pre_ping,
-        connect_args={"server_settings": _server_settings(settings)},
+        connect_args={"server_settings": _server_settings(settings), "ssl": tls(settings)},
     )
 
 

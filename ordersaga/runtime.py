@@ -25,6 +25,7 @@ from ordersaga.domain import SEARCH_ATTRIBUTES
 from ordersaga.events import order_upcasters
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
+from ordersaga.tls import temporal_tls
 
 T = TypeVar("T")
 
@@ -49,7 +50,13 @@ def stop_event() -> asyncio.Event:
 
 
 async def connect_temporal(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_address(), namespace=settings.temporal.namespace)
+    ts = settings.temporal
+    return await Client.connect(
+        settings.temporal_address(),
+        namespace=ts.namespace,
+        api_key=ts.api_key,
+        tls=temporal_tls(ts.tls, api_key=ts.api_key is not None),
+    )
 
 
 async def ensure_search_attributes(client: Client, settings: Settings) -> None:

@@ -6,9 +6,9 @@ import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ordersaga.domain import SagaPolicy
@@ -17,6 +17,42 @@ from ordersaga.domain import SagaPolicy
 # resolved settings whole, as JSON in this one variable, instead of one variable per field.
 SETTINGS_JSON_VAR = "ORDERSAGA_SETTINGS_JSON"
 
+# The embedded nats-server's own user, and the file in the data directory with its password.
+EMBEDDED_NATS_USER = "ordersaga"
+EMBEDDED_NATS_PASSWORD_FILE = "nats-password"
+
+
+class TlsSettings(BaseModel):
+    """TLS for one connection. The server's certificate is always verified: against `ca_file`
+    (PEM) when set, otherwise against the system's trust store, and for the host connected to
+    (or `server_name`). `cert_file` and `key_file` add a client certificate (mutual TLS).
+    Setting any file turns TLS on; so does `enabled`, for a server with a publicly trusted
+    certificate."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.enabled or any((self.ca_file, self.cert_file, self.key_file))
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate)")
+        return self
+
+
+# Secrets are plain strings kept out of repr (so out of logs and tracebacks) rather than
+# SecretStr: the dev stack hands its children their settings as JSON, and SecretStr would mask
+# them there. Set them from a secret store (a Kubernetes Secret as env), never in a file in git.
+def _secret(description: str) -> Any:
+    return Field(default=None, repr=False, description=description)
+
+
 # Default ports for the embedded stack sit away from the standard ones (5432, 4222, 7233, 8233,
 # 8000), so `ordersaga dev` runs beside servers that already use those.
 
@@ -24,8 +60,12 @@ SETTINGS_JSON_VAR = "ORDERSAGA_SETTINGS_JSON"
 class DatabaseSettings(BaseModel):
     url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL (postgresql+asyncpg://...). Unset: the embedded Postgres.",
+        description="SQLAlchemy URL (postgresql+asyncpg://user@host:port/db). Unset: the "
+        "embedded Postgres.",
     )
+    # Overrides a password in the URL, so the URL can live in a ConfigMap and this in a Secret.
+    password: str | None = _secret("The database user's password.")
+    tls: TlsSettings = TlsSettings()
     embedded_port: int = 15432
     pool_size: int = 10
     statement_timeout_ms: int = 15_000
@@ -33,7 +73,28 @@ class DatabaseSettings(BaseModel):
 
 
 class NatsSettings(BaseModel):
-    url: str | None = Field(default=None, description="nats://... Unset: the embedded nats-server.")
+    url: str | None = Field(
+        default=None,
+        description="nats://host:port, comma-separated for a cluster's seed servers. Unset: the "
+        "embedded nats-server.",
+    )
+    # One way to authenticate: user and password, a token, or a credentials file (NKey + JWT,
+    # as NATS accounts and Synadia Cloud issue). The embedded server has a user of its own.
+    user: str | None = None
+    password: str | None = _secret("The NATS user's password.")
+    token: str | None = _secret("A NATS authentication token.")
+    creds_file: Path | None = None
+    tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> NatsSettings:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        ways = [self.user is not None, self.token is not None, self.creds_file is not None]
+        if sum(ways) > 1:
+            raise ValueError("authenticate one way: user and password, token, or creds_file")
+        return self
+
     embedded_port: int = 14222
     embedded_monitor_port: int = 18222
     stream: str = "ORDERS"
@@ -85,11 +146,14 @@ class NotifierSettings(BaseModel):
     api_url: str | None = None
     # Its API key (role client): `ordersaga keys create --role client --name notifier`. The dev
     # stack makes one. Plain text here so the dev stack can hand it to its child process.
-    api_key: str | None = None
+    api_key: str | None = _secret("The notifier's API key (role client).")
 
 
 class TemporalSettings(BaseModel):
     address: str | None = Field(default=None, description="host:port. Unset: the embedded server.")
+    # Temporal Cloud's API-key authentication (TLS is then on, with the system's trust store).
+    api_key: str | None = _secret("A Temporal Cloud API key.")
+    tls: TlsSettings = TlsSettings()
     embedded_port: int = 17233
     embedded_ui_port: int = 18233
     namespace: str = "default"
@@ -139,6 +203,18 @@ class Settings(BaseSettings):
 
     def nats_url(self) -> str:
         return self.nats.url or f"nats://127.0.0.1:{self.nats.embedded_port}"
+
+    def nats_auth(self) -> NatsSettings:
+        """The NATS settings with the credentials to send. Unset on the embedded server (a command
+        run beside `make dev`, such as `ordersaga events tail`): the embedded server's own user,
+        with the password `make dev` keeps in the data directory."""
+        ns = self.nats
+        if ns.url is None and ns.user is None and ns.token is None and ns.creds_file is None:
+            path = self.data_dir / EMBEDDED_NATS_PASSWORD_FILE
+            if path.exists():
+                password = path.read_text().strip()
+                return ns.model_copy(update={"user": EMBEDDED_NATS_USER, "password": password})
+        return ns
 
     def api_url(self) -> str:
         return self.notifier.api_url or f"http://{self.api.host}:{self.api.port}"

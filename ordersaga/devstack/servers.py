@@ -4,8 +4,10 @@ from the pgserver wheel, nats-server and the Temporal dev server from theirs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,12 @@ from temporalio.client import Client
 
 from ordersaga.devstack.supervisor import Managed, StackError, as_user
 from ordersaga.runtime import search_attribute_flags
-from ordersaga.settings import Settings
+from ordersaga.settings import (
+    EMBEDDED_NATS_PASSWORD_FILE,
+    EMBEDDED_NATS_USER,
+    NatsSettings,
+    Settings,
+)
 
 PG_SYSTEM_USER = "pgserver"  # the same user the pgserver wheel itself runs Postgres as under root
 
@@ -105,9 +112,43 @@ def postgres(settings: Settings, data_dir: Path) -> Managed:
     )  # fmt: skip
 
 
-def nats(settings: Settings, data_dir: Path) -> Managed:
-    """nats-server with JetStream in `data_dir/nats`; ready once its monitor says JetStream is."""
+def nats_credentials(settings: Settings, data_dir: Path) -> NatsSettings:
+    """The embedded server's own user: the settings' user and password (or token) if given,
+    otherwise `ordersaga` with a password made on first start and kept in `data_dir`."""
     ns = settings.nats
+    if ns.user is not None or ns.token is not None:
+        return ns
+    path = data_dir / EMBEDDED_NATS_PASSWORD_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    return ns.model_copy(update={"user": EMBEDDED_NATS_USER, "password": path.read_text().strip()})
+
+
+def _nats_config(ns: NatsSettings, data_dir: Path) -> Path:
+    """The server's authorization block, in a file only we can read (not on its command line,
+    which every user of the machine can list). JSON strings are valid in NATS's config format."""
+    if ns.token is not None:
+        block = f"authorization {{ token: {json.dumps(ns.token)} }}"
+    else:
+        block = (
+            f"authorization {{ user: {json.dumps(ns.user)}, password: {json.dumps(ns.password)} }}"
+        )
+    path = data_dir / "nats.conf"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(block + "\n")
+    return path
+
+
+def nats(settings: Settings, data_dir: Path) -> Managed:
+    """nats-server with JetStream in `data_dir/nats` and clients authenticated by the settings'
+    user and password or token (see `nats_credentials`); ready once its monitor says JetStream
+    is."""
+    ns = settings.nats
+    if ns.user is None and ns.token is None:
+        raise StackError("the embedded nats-server needs a user or a token (nats_credentials)")
+    config = _nats_config(ns, data_dir)
     monitor = f"http://127.0.0.1:{ns.embedded_monitor_port}/healthz?js-enabled-only=true"
 
     async def ready() -> bool:
@@ -116,8 +157,9 @@ def nats(settings: Settings, data_dir: Path) -> Managed:
 
     return Managed(
         "nats",
-        [find_tool("nats-server"), "-a", "127.0.0.1", "-p", str(ns.embedded_port),
-         "-m", str(ns.embedded_monitor_port), "-js", "-sd", str(data_dir / "nats"),
+        [find_tool("nats-server"), "-c", str(config),
+         "-a", "127.0.0.1", "-p", str(ns.embedded_port), "-m", str(ns.embedded_monitor_port),
+         "-js", "-sd", str(data_dir / "nats"),
          "--server_name", "ordersaga-dev"],
         data_dir / "logs" / "nats.log",
         ready,

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -24,6 +25,15 @@ from ordersaga.settings import Settings
 
 # The service processes are commands of the CLI, a package of the application: named, not imported.
 CLI_MODULE = "cli"
+
+
+def nats_url_with_credentials(settings: Settings) -> str:
+    """The embedded server's URL with its user and password, for `nats sub --server ...`."""
+    ns = settings.nats
+    if ns.user is None or ns.password is None:
+        return settings.nats_url()
+    user, password = quote(ns.user, safe=""), quote(ns.password, safe="")
+    return settings.nats_url().replace("nats://", f"nats://{user}:{password}@", 1)
 
 
 class DevStack:
@@ -74,8 +84,11 @@ class DevStack:
             infra.append(servers.postgres(base, self.data_dir))
             updates["database"] = base.database.model_copy(update={"url": base.database_url()})
         if base.nats.url is None and "nats" in self.servers:
-            infra.append(servers.nats(base, self.data_dir))
-            updates["nats"] = base.nats.model_copy(update={"url": base.nats_url()})
+            nats = servers.nats_credentials(base, self.data_dir).model_copy(
+                update={"url": base.nats_url()}
+            )
+            infra.append(servers.nats(base.model_copy(update={"nats": nats}), self.data_dir))
+            updates["nats"] = nats
         if base.temporal.address is None and "temporal" in self.servers:
             infra.append(servers.temporal(base, self.data_dir, ui=self.ui))
             updates["temporal"] = base.temporal.model_copy(
@@ -225,7 +238,9 @@ class DevStack:
         rows.append(("Temporal server", s.temporal_address()))
         if "temporal" in self.parts and self.ui:
             rows.append(("Temporal Web UI", f"http://127.0.0.1:{s.temporal.embedded_ui_port}"))
-        rows.append(("NATS", s.nats_url()))
+        rows.append(
+            ("NATS", nats_url_with_credentials(s) if "nats" in self.parts else s.nats_url())
+        )
         rows.append(("Postgres", s.database_url().replace("+asyncpg", "")))
         rows.append(("Data and logs", str(self.data_dir)))
         return rows

@@ -16,6 +16,8 @@ def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(HERE))
     config.set_main_option("sqlalchemy.url", settings.database_url().replace("%", "%%"))
+    # env.py builds its engine from the settings whole (password, TLS), not the bare URL.
+    config.attributes["settings"] = settings
     return config
 
 

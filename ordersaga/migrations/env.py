@@ -8,6 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from ordersaga import db
+
 config = context.config
 
 
@@ -18,7 +20,11 @@ def _run(connection: Connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
+    settings = config.attributes.get("settings")
+    if settings is not None:
+        engine = create_async_engine(db.url(settings), **db.engine_args(settings))
+    else:  # the alembic command line, given a URL
+        engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -48,3 +50,25 @@ def test_a_child_process_gets_the_parents_settings_whole(monkeypatch: pytest.Mon
         assert get_settings() == parent
     finally:
         get_settings.cache_clear()
+
+
+def test_a_command_beside_the_dev_stack_finds_the_embedded_nats_password(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.nats_auth().user is None  # no stack has run here
+    (tmp_path / "nats-password").write_text("pw\n")
+    auth = settings.nats_auth()
+    assert (auth.user, auth.password) == ("ordersaga", "pw")
+    # A server of the user's own (a URL) or credentials set explicitly are left as they are.
+    assert Settings(data_dir=tmp_path, nats={"url": "nats://n:4222"}).nats_auth().user is None
+    assert Settings(data_dir=tmp_path, nats={"token": "t"}).nats_auth().user is None
+
+
+def test_nats_credentials_go_one_way_and_secrets_stay_out_of_repr() -> None:
+    with pytest.raises(ValidationError, match="user and password go together"):
+        Settings(nats={"user": "u"})
+    with pytest.raises(ValidationError, match="one way"):
+        Settings(nats={"user": "u", "password": "p", "token": "t"})
+    with pytest.raises(ValidationError, match="cert_file and key_file"):
+        Settings(temporal={"tls": {"cert_file": "c.pem"}})
+    settings = Settings(nats={"user": "u", "password": "hunter2"}, temporal={"api_key": "k3y"})
+    assert "hunter2" not in repr(settings) and "k3y" not in repr(settings)
