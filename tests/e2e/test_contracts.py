@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -179,7 +179,8 @@ async def test_a_store_with_version_1_events_keeps_working(
     assert [(o["order_id"], o["total"]) for o in history["items"]] == [
         (order.order_id, order.total)
     ]
-    day = datetime.now(UTC).date().isoformat()
+    confirmed_at = (await store.read_stream(order.order_id))[-1].occurred_at
+    day = confirmed_at.astimezone(UTC).date().isoformat()
     sales = (await api.get("/reports/sales", params={"from": day, "to": day, "sku": sku})).json()
     assert [(r["units"], r["revenue"]) for r in sales["rows"]] == [(2, 2500)]
 
