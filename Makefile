@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint bench soak fuzz clean
+.PHONY: setup dev dev-cluster test lint bench soak fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 dev: setup
 	$(BIN)/ordersaga dev
+
+# Three NATS nodes clustered on loopback (streams at R3) and two of each service process.
+dev-cluster: setup
+	$(BIN)/ordersaga dev --cluster
 
 test: setup lint
 	$(BIN)/pytest

@@ -3,6 +3,8 @@
 Starts the embedded stack (the same one `ordersaga dev` and the tests use) on free ports, then
 alternates baseline and ours on the same Temporal server, and prints medians and the ratio.
 The last line is one JSON object. Usage: python bench/saga_e2e.py [--orders N] [--rounds R]
+[--copies C] [--nats-nodes K] [--cluster]: C processes of each service (the POSTs spread over the
+C APIs) on a K-node NATS cluster; --cluster is `make dev-cluster`'s shape (C=2, K=3).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ IN_FLIGHT = 64  # concurrent POSTs, as many clients would send
 
 
 async def run_ours(
-    api: httpx.AsyncClient, settings: Settings, n: int, sku: str
+    api: httpx.AsyncClient, bases: list[str], settings: Settings, n: int, sku: str
 ) -> tuple[float, dict[str, int]]:
     client = await connect_temporal(settings)
     gate = asyncio.Semaphore(IN_FLIGHT)
@@ -52,16 +54,16 @@ async def run_ours(
         "payment": {"token": "tok_visa"},
     }
 
-    async def one() -> str:
+    async def one(i: int) -> str:
         async with gate:
-            response = await api.post("/orders", json=body)
+            response = await api.post(f"{bases[i % len(bases)]}/orders", json=body)
             response.raise_for_status()
             order_id: str = response.json()["order_id"]
         result = await client.get_workflow_handle(workflow_id(order_id)).result()
         return str(result["status"])
 
     t = time.perf_counter()
-    statuses = await asyncio.gather(*[one() for _ in range(n)])
+    statuses = await asyncio.gather(*[one(i) for i in range(n)])
     rate = n / (time.perf_counter() - t)
     counts: dict[str, int] = {}
     for s in statuses:
@@ -143,24 +145,24 @@ async def relay_lag(settings: Settings) -> dict[str, float]:
     return {"events": len(lags), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}
 
 
-async def main(n: int, rounds: int, read_side: bool) -> None:
+async def main(n: int, rounds: int, read_side: bool, copies: int, nats_nodes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
         # By default the whole stack runs, as `make dev` runs it; without the read side
         # (projector, notifier) the figure shows what those cost on the same cores.
         apps = DevStack.APPS if read_side else ("worker", "relay", "api")
-        stack = DevStack(isolated_settings(Path(data)), ui=False, apps=apps)
+        settings = isolated_settings(Path(data), nats_nodes=nats_nodes, copies=copies)
+        stack = DevStack(settings, ui=False, apps=apps, nats_nodes=nats_nodes, copies=copies)
         resolved = await stack.start()
         try:
             client = await connect_temporal(resolved)
-            base = f"http://{resolved.api.host}:{resolved.api.port}"
+            bases = stack.api_urls()
             key = {"Authorization": f"Bearer {stack.api_key}"}
-            async with httpx.AsyncClient(base_url=base, timeout=60, headers=key) as api:
+            async with httpx.AsyncClient(timeout=60, headers=key) as api:
                 sku = "bench-sku"
                 stock = {"available": n * (rounds + 1)}
-                (await api.put(f"/inventory/{sku}", json=stock)).raise_for_status()
-                await run_ours(
-                    api, resolved, 10, sku
-                )  # warm-up: connections, caches, JIT-free paths
+                (await api.put(f"{bases[0]}/inventory/{sku}", json=stock)).raise_for_status()
+                # Warm-up: connections, caches, every process's first requests.
+                await run_ours(api, bases, resolved, 10 * copies, sku)
                 bare: list[float] = []
                 ours: list[float] = []
                 cpu_bare: list[dict[str, float]] = []
@@ -169,7 +171,7 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
                     t0 = cpu_seconds(stack)
                     bare.append(await run_bare(client, n))
                     t1 = cpu_seconds(stack)
-                    rate, counts = await run_ours(api, resolved, n, sku)
+                    rate, counts = await run_ours(api, bases, resolved, n, sku)
                     t2 = cpu_seconds(stack)
                     ours.append(rate)
                     cpu_bare.append(per_saga_ms(t0, t1, n))
@@ -213,6 +215,8 @@ async def main(n: int, rounds: int, read_side: bool) -> None:
                 "orders_per_round": n,
                 "rounds": rounds,
                 "read_side": read_side,
+                "copies": copies,
+                "nats_nodes": nats_nodes,
                 "ours_runs": [round(x, 2) for x in ours],
                 "bare_runs": [round(x, 2) for x in bare],
                 "relay_lag_ms": {k: v for k, v in lag.items() if k != "events"},
@@ -231,5 +235,11 @@ if __name__ == "__main__":
         action="store_true",
         help="run only the worker and the API (no projector, no notifier) beside the servers",
     )
+    parser.add_argument("--copies", type=int, default=1, help="processes of each service")
+    parser.add_argument("--nats-nodes", type=int, default=1, help="nats-server nodes (R = nodes)")
+    parser.add_argument(
+        "--cluster", action="store_true", help="make dev-cluster: 2 copies, 3 nodes"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.orders, args.rounds, not args.no_read_side))
+    copies, nodes = (2, 3) if args.cluster else (args.copies, args.nats_nodes)
+    asyncio.run(main(args.orders, args.rounds, not args.no_read_side, copies, nodes))

@@ -193,6 +193,12 @@ class SoakConfig:
     settle_s: float = 300.0
     # Where the stack keeps its data and logs; None: a temporary directory.
     data_dir: Path | None = None
+    # The local cluster of `ordersaga dev --cluster`: three NATS nodes (streams at R3) and two
+    # of each service process, the requests spread over both APIs.
+    cluster: bool = False
+    # The faults in this order instead of the seeded schedule: ("kill" | "hold", part), where the
+    # part `nats-leader` is the node that leads the ORDERS stream at the moment of the fault.
+    plan: tuple[tuple[str, str], ...] | None = None
 
     @property
     def window_s(self) -> float:
@@ -279,15 +285,21 @@ class Api:
     transport error or a 5xx) with the same body and headers, so a POST keeps its
     Idempotency-Key, until a deadline. At most `concurrency` requests are in flight."""
 
-    def __init__(self, base_url: str, key: str, concurrency: int, deadline_s: float) -> None:
+    def __init__(
+        self, base_urls: Sequence[str], key: str, concurrency: int, deadline_s: float
+    ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=base_url,
             timeout=httpx.Timeout(30.0, connect=5.0),
             headers={"Authorization": f"Bearer {key}"},
         )
+        # Several APIs (the cluster): a request goes to the next one, and to the one after that
+        # when it gets no answer, as a load balancer that takes a dead backend out would.
+        self._bases = list(base_urls)
+        self._next = 0
         self._gate = asyncio.Semaphore(concurrency)
         self._deadline_s = deadline_s
         self.retries = 0
+        self.answered = Counter[str]()  # answers below 500, by API
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -306,19 +318,28 @@ class Api:
         delay = 0.2
         failures = 0
         while True:
+            base = self._bases[self._next % len(self._bases)]
+            self._next += 1
             try:
                 async with self._gate:
-                    response = await self._http.request(method, path, json=body, headers=headers)
+                    response = await self._http.request(
+                        method, base + path, json=body, headers=headers
+                    )
             except httpx.TransportError as error:
                 last = f"{type(error).__name__}: {error}"
+                unreachable = True
             else:
+                unreachable = False
                 if response.status_code < 500:
+                    self.answered[base] += 1
                     return response, failures
                 last = f"{response.status_code}: {response.text[:200]}"
             failures += 1
             self.retries += 1
             if loop.time() + delay > deadline:
                 raise SoakError(f"{method} {path}: no answer after {failures} attempts ({last})")
+            if unreachable and len(self._bases) > 1:
+                continue  # no connection to that API: the next one, at once
             await asyncio.sleep(delay)  # retry backoff
             delay = min(delay * 2, 2.0)
 
@@ -425,6 +446,10 @@ class FaultRecord:
     at_s: float  # after the load started
     pid: int | None
     back_after_s: float | None  # from the fault until the part served again; None: it did not
+    # Killing the ORDERS stream's leader: (old leader, the leader elected after it).
+    leader: tuple[str, str | None] | None = None
+    # Holding an API down: the answers each API gave meanwhile.
+    answered_meanwhile: dict[str, int] | None = None
 
 
 class FaultDriver:
@@ -433,21 +458,29 @@ class FaultDriver:
     def __init__(self, stack: DevStack, config: SoakConfig, rng: random.Random) -> None:
         self.stack = stack
         self.config = config
-        self.servers = [n for n in DevStack.SERVERS if n in stack.parts]
-        # Every service process the stack runs today, so a new one (a relay, say) is included.
-        self.apps = [n for n in DevStack.APPS if n in stack.parts]
+        # Every part the stack runs today (`nats-2`, `api-1` on a cluster), so a new one (a
+        # relay, say) is included.
+        self.servers = [n for n in stack.parts if _service(n) in DevStack.SERVERS]
+        self.apps = [n for n in stack.parts if _service(n) in DevStack.APPS]
         self.parts = self.servers + self.apps
-        self.held = config.hold or rng.choice(self.servers)
-        if self.held not in self.servers:
-            raise SoakError(f"--hold {self.held}: not a server of this stack ({self.servers})")
-        faults = [("kill", p) for p in self.parts]
-        faults += [("kill", rng.choice(self.parts)) for _ in range(config.extra_faults)]
-        faults.append(("hold", self.held))
-        rng.shuffle(faults)
+        self.api: Api | None = None  # set by the soak: counts answers while an API is held
+        if config.plan is not None:
+            faults = list(config.plan)
+            self.held = next((name for kind, name in faults if kind == "hold"), "")
+        else:
+            self.held = config.hold or rng.choice(self.servers)
+            if self.held not in self.servers:
+                raise SoakError(f"--hold {self.held}: not a server of this stack ({self.servers})")
+            faults = [("kill", p) for p in self.parts]
+            faults += [("kill", rng.choice(self.parts)) for _ in range(config.extra_faults)]
+            faults.append(("hold", self.held))
+            rng.shuffle(faults)
         # Seeded pauses, each counted from the moment the previous fault has healed: a long
         # outage early on pushes the rest back instead of bunching them up behind it.
         mean_gap = max(config.window_s - WARMUP_S, 1.0) / len(faults)
         self.plan = [(rng.uniform(0.0, 2 * mean_gap), kind, name) for kind, name in faults]
+        if config.plan is not None:  # one after the other, each a second after the last healed
+            self.plan = [(1.0, kind, name) for kind, name in faults]
         self.records: list[FaultRecord] = []
         self.skipped: list[str] = []
 
@@ -482,6 +515,10 @@ class FaultDriver:
         )
 
     async def _kill(self, name: str, at: float) -> None:
+        leader: tuple[str, str | None] | None = None
+        if name == "nats-leader":
+            name = await self._stream_leader()
+            leader = (name, None)
         part = self.stack.parts[name]
         before = part.restarts
         pid = part.process.pid if part.process else None
@@ -492,9 +529,12 @@ class FaultDriver:
         async def back() -> bool | None:
             return True if part.restarts > before and await serves(part) else None
 
+        if leader is not None:
+            leader = (name, await self._new_leader(name))
+            log.info("fault: ORDERS led by %s after %s died", leader[1], name)
         ok = await poll_until(back, RECOVERY_S)
         took = time.monotonic() - started if ok else None
-        self.records.append(FaultRecord(name, "kill", at, pid, took))
+        self.records.append(FaultRecord(name, "kill", at, pid, took, leader=leader))
         log.info("fault: %s serves again after %s", name, f"{took:.1f}s" if took else "NEVER")
 
     async def _hold(self, name: str, at: float) -> None:
@@ -502,6 +542,7 @@ class FaultDriver:
         assert part.process is not None
         pid = part.process.pid
         started = time.monotonic()
+        answered: dict[str, int] | None = None
         if self.config.outage == "freeze":
             # The whole process group: Postgres's backends serve on without their postmaster.
             os.killpg(pid, signal.SIGSTOP)
@@ -518,18 +559,60 @@ class FaultDriver:
             log.warning(
                 "fault: %s (pid %s) down for %.0fs at %.1fs", name, pid, self.config.down_s, at
             )
+            before = Counter(self.api.answered) if self.api else Counter[str]()
             await asyncio.sleep(self.config.down_s)  # the outage itself
+            if self.api is not None and _service(name) == "api":
+                answered = dict(self.api.answered - before)
             # Supervised again: a start that fails (Postgres's old backends still holding shared
             # memory, say) is retried with the supervisor's own backoff.
             await self.stack.resume(name)
         ok = await poll_until(lambda: self._serving(part), RECOVERY_S)
         took = time.monotonic() - started if ok else None
-        self.records.append(FaultRecord(name, f"hold-{self.config.outage}", at, pid, took))
+        self.records.append(
+            FaultRecord(
+                name, f"hold-{self.config.outage}", at, pid, took, answered_meanwhile=answered
+            )
+        )
         log.info("fault: %s serves again after %s", name, f"{took:.1f}s" if took else "NEVER")
 
     @staticmethod
     async def _serving(part: Managed) -> bool | None:
         return True if await serves(part) else None
+
+    async def _leaders(self) -> str | None:
+        """The server that leads the ORDERS stream now (None while it is being elected)."""
+        settings = self.stack.settings
+        try:
+            nc = await asyncio.wait_for(bus.connect(settings, "soak-faults"), 10)
+        except (TimeoutError, OSError, nats.errors.Error):
+            return None
+        try:
+            info = await nc.jetstream().stream_info(settings.nats.stream)
+            return info.cluster.leader if info.cluster else None
+        except (TimeoutError, nats.errors.Error):
+            return None
+        finally:
+            await nc.close()
+
+    async def _stream_leader(self) -> str:
+        leader = await poll_until(self._leaders, 30)
+        if leader is None:
+            raise SoakError("the ORDERS stream has no leader to kill")
+        # Server `ordersaga-dev-2` is the part `nats-2`.
+        return "nats-" + leader.rsplit("-", 1)[1]
+
+    async def _new_leader(self, old: str) -> str | None:
+        async def elected() -> str | None:
+            leader = await self._leaders()
+            return leader if leader and not leader.endswith(old.removeprefix("nats")) else None
+
+        return await poll_until(elected, 60)
+
+
+def _service(part: str) -> str:
+    """`api-2` -> `api`; `nats` -> `nats`."""
+    name, _, copy = part.rpartition("-")
+    return name if name and copy.isdigit() else part
 
 
 # -- the result -----------------------------------------------------------------------------------
@@ -549,6 +632,7 @@ class SoakResult:
     http_retries: int
     elapsed_s: float
     data_dir: Path
+    api_urls: list[str]
 
     @property
     def violations(self) -> int:
@@ -654,12 +738,9 @@ class Soak:
         self.unplanned_attention: set[str] = set()
         # Long enough for a request to outlast the held-down server and its restart.
         self.request_deadline_s = config.down_s + RECOVERY_S
-        api = self.settings.api
         assert stack.api_key is not None
-        self.api = Api(
-            f"http://{api.host}:{api.port}", stack.api_key, config.concurrency,
-            self.request_deadline_s,
-        )  # fmt: skip
+        self.api = Api(stack.api_urls(), stack.api_key, config.concurrency, self.request_deadline_s)
+        self.faults.api = self.api
         self.engine = create_engine(self.settings, pool_size=4)
 
     def find(self, check: str, detail: str) -> None:
@@ -1407,8 +1488,14 @@ async def run_soak(config: SoakConfig) -> SoakResult:
         saga=saga_policy(config),
         # A killed projector's batch comes back within 5 s; partitions move on within a second.
         projector=ProjectorSettings(ack_wait_s=5.0, claim_interval_s=0.5),
+        nats_nodes=3 if config.cluster else 1,
+        copies=2 if config.cluster else 1,
     )
-    stack = DevStack(settings, ui=False)
+    stack = (
+        DevStack(settings, ui=False, nats_nodes=3, copies=2)
+        if config.cluster
+        else DevStack(settings, ui=False)
+    )
     log.info("starting the stack in %s", data_dir)
     await stack.start()
     soak: Soak | None = None
@@ -1435,6 +1522,7 @@ async def run_soak(config: SoakConfig) -> SoakResult:
         http_retries=soak.api.retries,
         elapsed_s=time.monotonic() - started,
         data_dir=data_dir,
+        api_urls=stack.api_urls(),
     )
 
 
@@ -1460,9 +1548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--hold",
-        choices=DevStack.SERVERS,
         default=None,
-        help="the server held down (default: seeded)",
+        help="the server held down: postgres, nats, temporal (nats-2 on --cluster); "
+        "default: seeded",
     )
     parser.add_argument(
         "--outage",
@@ -1474,6 +1562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--settle", type=float, default=300.0, help="seconds to wait for every saga to end"
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the stack's data here")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on make dev-cluster's shape: 3 NATS nodes (R3), 2 of each process, both APIs used",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -1491,6 +1584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outage=args.outage,
         settle_s=args.settle,
         data_dir=args.data_dir,
+        cluster=args.cluster,
     )
     result = asyncio.run(run_soak(config))
     print(result.table(), flush=True)

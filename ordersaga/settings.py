@@ -97,6 +97,9 @@ class NatsSettings(BaseModel):
 
     embedded_port: int = 14222
     embedded_monitor_port: int = 18222
+    # `ordersaga dev --cluster`: node i of the embedded cluster listens on embedded_port + i,
+    # its monitor on embedded_monitor_port + i, and its cluster routes on this + i.
+    embedded_cluster_port: int = 16222
     stream: str = "ORDERS"
     subject_prefix: str = "orders"
     # Longer than any activity's retry span, so a republished event is always deduplicated.

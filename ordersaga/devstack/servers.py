@@ -141,29 +141,53 @@ def _nats_config(ns: NatsSettings, data_dir: Path) -> Path:
     return path
 
 
-def nats(settings: Settings, data_dir: Path) -> Managed:
-    """nats-server with JetStream in `data_dir/nats` and clients authenticated by the settings'
-    user and password or token (see `nats_credentials`); ready once its monitor says JetStream
-    is."""
+def nats(settings: Settings, data_dir: Path, *, node: int = 0, nodes: int = 1) -> Managed:
+    """nats-server with JetStream and clients authenticated by the settings' user and password or
+    token (see `nats_credentials`); ready once its monitor says JetStream is (on a cluster: once
+    the node is current with the JetStream meta leader).
+
+    With `nodes` > 1 it is node `node` of a cluster on loopback: ports offset by `node`, routes to
+    the others, its store in `data_dir/nats-<node+1>`, server name `ordersaga-dev-<node+1>`."""
     ns = settings.nats
     if ns.user is None and ns.token is None:
         raise StackError("the embedded nats-server needs a user or a token (nats_credentials)")
     config = _nats_config(ns, data_dir)
-    monitor = f"http://127.0.0.1:{ns.embedded_monitor_port}/healthz?js-enabled-only=true"
+    health = "/healthz" if nodes > 1 else "/healthz?js-enabled-only=true"
+    monitor = f"http://127.0.0.1:{ns.embedded_monitor_port + node}{health}"
 
     async def ready() -> bool:
         async with httpx.AsyncClient(timeout=2) as http:
             return (await http.get(monitor)).status_code == 200
 
-    return Managed(
-        "nats",
-        [find_tool("nats-server"), "-c", str(config),
-         "-a", "127.0.0.1", "-p", str(ns.embedded_port), "-m", str(ns.embedded_monitor_port),
-         "-js", "-sd", str(data_dir / "nats"),
-         "--server_name", "ordersaga-dev"],
-        data_dir / "logs" / "nats.log",
-        ready,
-    )  # fmt: skip
+    name, store = (
+        ("nats", data_dir / "nats")
+        if nodes == 1
+        else (f"nats-{node + 1}", data_dir / f"nats-{node + 1}")
+    )
+    argv = [
+        find_tool("nats-server"), "-c", str(config),
+        "-a", "127.0.0.1", "-p", str(ns.embedded_port + node),
+        "-m", str(ns.embedded_monitor_port + node),
+        "-js", "-sd", str(store), "--server_name", f"ordersaga-dev{name.removeprefix('nats')}",
+    ]  # fmt: skip
+    if nodes > 1:
+        routes = ",".join(
+            f"nats://127.0.0.1:{ns.embedded_cluster_port + other}"
+            for other in range(nodes)
+            if other != node
+        )
+        argv += [
+            "--cluster_name", "ordersaga-dev",
+            "--cluster", f"nats://127.0.0.1:{ns.embedded_cluster_port + node}",
+            "--routes", routes,
+        ]  # fmt: skip
+    return Managed(name, argv, data_dir / "logs" / f"{name}.log", ready)
+
+
+def nats_urls(settings: Settings, nodes: int) -> str:
+    """The client URLs of the embedded server(s), comma-separated (`NatsSettings.url`)."""
+    port = settings.nats.embedded_port
+    return ",".join(f"nats://127.0.0.1:{port + node}" for node in range(nodes))
 
 
 def temporal(settings: Settings, data_dir: Path, *, ui: bool) -> Managed:

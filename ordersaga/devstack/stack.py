@@ -33,7 +33,7 @@ def nats_url_with_credentials(settings: Settings) -> str:
     if ns.user is None or ns.password is None:
         return settings.nats_url()
     user, password = quote(ns.user, safe=""), quote(ns.password, safe="")
-    return settings.nats_url().replace("nats://", f"nats://{user}:{password}@", 1)
+    return settings.nats_url().replace("nats://", f"nats://{user}:{password}@")
 
 
 class DevStack:
@@ -49,8 +49,15 @@ class DevStack:
         apps: bool | tuple[str, ...] = True,
         ui: bool = True,
         servers: tuple[str, ...] = SERVERS,
+        nats_nodes: int = 1,
+        copies: int = 1,
     ) -> None:
+        """`nats_nodes` > 1: the embedded NATS is a cluster of that many nodes on loopback, the
+        streams replicated to each. `copies` > 1: that many processes of each service (parts
+        named `worker-1`, `worker-2`, ...; API i on `api.port + i - 1`)."""
         self.base = settings
+        self.nats_nodes = nats_nodes
+        self.copies = copies
         self.servers = servers
         self.data_dir: Path = settings.data_dir.resolve()
         # Which service processes to run: all (True), none (False), or the ones named.
@@ -63,15 +70,44 @@ class DevStack:
         self.api_key: str | None = None  # the operator key `make dev` makes and prints
         self._supervisors: list[asyncio.Task[None]] = []
 
-    def _app(self, command: str, ready: Callable[[], Awaitable[bool]]) -> Managed:
+    def part_names(self, app: str) -> list[str]:
+        """The parts that run one service: `api`, or `api-1`, `api-2`, ... with copies."""
+        if self.copies == 1:
+            return [app]
+        return [f"{app}-{i}" for i in range(1, self.copies + 1)]
+
+    def api_urls(self) -> list[str]:
+        api = self.settings.api
+        return [f"http://{api.host}:{api.port + i}" for i in range(self.copies)]
+
+    def _app(self, command: str, copy: int) -> Managed:
+        name = self.part_names(command)[copy]
+        settings = self.settings
+        ready: Callable[[], Awaitable[bool]] = self._started
+        if command == "api":
+            api = settings.api.model_copy(update={"port": settings.api.port + copy})
+            settings = settings.model_copy(update={"api": api})
+            ready = self._serves(f"http://{api.host}:{api.port}/healthz")
         # The resolved settings, whole: the child reads them back in get_settings().
         return Managed(
-            command,
+            name,
             [sys.executable, "-m", CLI_MODULE, command],
-            self.data_dir / "logs" / f"{command}.log",
+            self.data_dir / "logs" / f"{name}.log",
             ready,
-            env={**os.environ, **self.settings.as_child_env()},
+            env={**os.environ, **settings.as_child_env()},
         )
+
+    @staticmethod
+    async def _started() -> bool:
+        return True
+
+    @staticmethod
+    def _serves(health: str) -> Callable[[], Awaitable[bool]]:
+        async def ready() -> bool:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(health)).status_code == 200
+
+        return ready
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -85,9 +121,15 @@ class DevStack:
             updates["database"] = base.database.model_copy(update={"url": base.database_url()})
         if base.nats.url is None and "nats" in self.servers:
             nats = servers.nats_credentials(base, self.data_dir).model_copy(
-                update={"url": base.nats_url()}
+                update={"url": servers.nats_urls(base, self.nats_nodes)}
             )
-            infra.append(servers.nats(base.model_copy(update={"nats": nats}), self.data_dir))
+            if self.nats_nodes > 1:  # every stream on every node: any one may die
+                nats = nats.model_copy(update={"replicas": self.nats_nodes})
+            with_auth = base.model_copy(update={"nats": nats})
+            infra += [
+                servers.nats(with_auth, self.data_dir, node=node, nodes=self.nats_nodes)
+                for node in range(self.nats_nodes)
+            ]
             updates["nats"] = nats
         if base.temporal.address is None and "temporal" in self.servers:
             infra.append(servers.temporal(base, self.data_dir, ui=self.ui))
@@ -119,7 +161,7 @@ class DevStack:
         """Start (more) service processes on the running servers, e.g. after a benchmark's setup."""
         self.apps = tuple(dict.fromkeys(self.apps + names))
         await self._start_apps(names)
-        self._supervise(self.parts[n] for n in names)
+        self._supervise(self.parts[p] for n in names for p in self.part_names(n))
 
     def _supervise(self, parts: Iterable[Managed]) -> None:
         self._supervisors += [
@@ -127,20 +169,11 @@ class DevStack:
         ]
 
     async def _start_apps(self, names: tuple[str, ...] | None = None) -> None:
-        api = self.settings.api
-        health = f"http://{api.host}:{api.port}/healthz"
-
-        async def api_ready() -> bool:
-            async with httpx.AsyncClient(timeout=2) as http:
-                return (await http.get(health)).status_code == 200
-
-        async def started() -> bool:
-            return True
-
         apps = [
-            self._app(name, api_ready if name == "api" else started)
+            self._app(name, copy)
             for name in self.APPS
             if name in (self.apps if names is None else names)
+            for copy in range(self.copies)
         ]
         for part in apps:
             self.parts[part.name] = part
@@ -153,16 +186,20 @@ class DevStack:
         if s.database.url is None and "postgres" in self.servers:
             wanted.append(("ORDERSAGA_DATABASE__EMBEDDED_PORT", s.database.embedded_port))
         if s.nats.url is None and "nats" in self.servers:
-            wanted += [
-                ("ORDERSAGA_NATS__EMBEDDED_PORT", s.nats.embedded_port),
-                ("ORDERSAGA_NATS__EMBEDDED_MONITOR_PORT", s.nats.embedded_monitor_port),
-            ]
+            for node in range(self.nats_nodes):
+                wanted += [
+                    ("ORDERSAGA_NATS__EMBEDDED_PORT", s.nats.embedded_port + node),
+                    ("ORDERSAGA_NATS__EMBEDDED_MONITOR_PORT", s.nats.embedded_monitor_port + node),
+                ]
+                if self.nats_nodes > 1:
+                    cluster = s.nats.embedded_cluster_port + node
+                    wanted.append(("ORDERSAGA_NATS__EMBEDDED_CLUSTER_PORT", cluster))
         if s.temporal.address is None and "temporal" in self.servers:
             wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_PORT", s.temporal.embedded_port))
             if self.ui:
                 wanted.append(("ORDERSAGA_TEMPORAL__EMBEDDED_UI_PORT", s.temporal.embedded_ui_port))
         if "api" in self.apps:
-            wanted.append(("ORDERSAGA_API__PORT", s.api.port))
+            wanted += [("ORDERSAGA_API__PORT", s.api.port + i) for i in range(self.copies)]
         busy = [f"{port} ({var})" for var, port in wanted if port_in_use(port)]
         if busy:
             raise StackError(
@@ -227,20 +264,28 @@ class DevStack:
             await part.stop()
         self.parts.clear()
 
+    def _monitors(self) -> str:
+        port = self.settings.nats.embedded_monitor_port
+        return ", ".join(f"http://127.0.0.1:{port + n}" for n in range(self.nats_nodes))
+
     def endpoints(self) -> list[tuple[str, str]]:
         s = self.settings
         rows = []
-        if "api" in self.parts:
-            base = f"http://{s.api.host}:{s.api.port}"
-            rows += [("API", base), ("API docs (OpenAPI)", f"{base}/docs")]
+        if "api" in self.apps:
+            for name, base in zip(self.part_names("api"), self.api_urls(), strict=True):
+                rows.append((name.replace("api", "API"), base))
+            rows.append(("API docs (OpenAPI)", f"{self.api_urls()[0]}/docs"))
             if self.api_key:
                 rows.append(("API key (operator)", self.api_key))
         rows.append(("Temporal server", s.temporal_address()))
         if "temporal" in self.parts and self.ui:
             rows.append(("Temporal Web UI", f"http://127.0.0.1:{s.temporal.embedded_ui_port}"))
-        rows.append(
-            ("NATS", nats_url_with_credentials(s) if "nats" in self.parts else s.nats_url())
-        )
+        embedded = "nats" in self.parts or "nats-1" in self.parts
+        rows.append(("NATS", nats_url_with_credentials(s) if embedded else s.nats_url()))
+        if self.nats_nodes > 1:
+            rows.append(("NATS monitors", self._monitors()))
+        if self.copies > 1:
+            rows.append(("Processes", ", ".join(n for a in self.apps for n in self.part_names(a))))
         rows.append(("Postgres", s.database_url().replace("+asyncpg", "")))
         rows.append(("Data and logs", str(self.data_dir)))
         return rows
