@@ -14,7 +14,7 @@ from ordersaga.bounds import (
     City,
     CountryCode,
     CurrencyCode,
-    CustomerId,
+    CustomerIdInput,
     Name,
     PostalCode,
     Quantity,
@@ -53,7 +53,7 @@ class PaymentIn(Strict):
 
 
 class OrderIn(Strict):
-    customer_id: CustomerId
+    customer_id: CustomerIdInput
     items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
     shipping_address: AddressIn
     payment: PaymentIn

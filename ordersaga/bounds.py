@@ -23,6 +23,7 @@ from ordersaga.domain import (
 )
 
 __all__ = [
+    "CUSTOMER_ID_INPUT_PATTERN",
     "CUSTOMER_ID_PATTERN",
     "MAX_ITEMS",
     "MAX_ORDER_TOTAL",
@@ -31,6 +32,7 @@ __all__ = [
     "CountryCode",
     "CurrencyCode",
     "CustomerId",
+    "CustomerIdInput",
     "IsoCountry",
     "IsoCurrency",
     "IsoDay",
@@ -79,8 +81,13 @@ def _currency(value: str) -> str:
 
 
 # A customer's id is the client's own identifier, and part of a URL path
-# (`/customers/{customer_id}/orders`): letters, digits and `._:@-`, never a `/`.
+# (`/customers/{customer_id}/orders`): letters, digits and `._:@-`, never a `/`. This is the id as
+# events carry it (order.placed's contract, versions 1 and 2).
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,64}$"
+# The ids the API takes: they also start with a letter or a digit, so that none is `.` or `..`,
+# path segments that URLs resolve away (`/customers/./orders` is `/customers/orders`). Narrower
+# than the events' pattern, so every id placed is one the event contract allows.
+CUSTOMER_ID_INPUT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$"
 
 # For every text field: `Annotated[str, Field(max_length=...), Storable]`.
 Storable = AfterValidator(_storable)
@@ -144,4 +151,7 @@ City = Annotated[str, Field(min_length=1, max_length=100), Storable]
 PostalCode = Annotated[str, Field(min_length=1, max_length=20), Storable]
 CustomerId = Annotated[
     str, Field(pattern=CUSTOMER_ID_PATTERN, description="Your own id of the customer.")
+]
+CustomerIdInput = Annotated[
+    str, Field(pattern=CUSTOMER_ID_INPUT_PATTERN, description="Your own id of the customer.")
 ]

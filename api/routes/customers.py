@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from api.deps import AUTH_RESPONSES, Ctx, requires
 from api.errors import InvalidInput
 from api.schemas import CustomerOrderOut, CustomerOrderPage
-from ordersaga.bounds import CUSTOMER_ID_PATTERN
+from ordersaga.bounds import CUSTOMER_ID_INPUT_PATTERN
 from ordersaga.keys import Role
 from projections import queries
 
@@ -24,7 +24,7 @@ router = APIRouter(
 @router.get("/{customer_id}/orders")
 async def customer_orders(
     ctx: Ctx,
-    customer_id: Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN)],
+    customer_id: Annotated[str, Path(pattern=CUSTOMER_ID_INPUT_PATTERN)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None,

@@ -22,7 +22,7 @@ from api.schemas import (
     SagaStateOut,
 )
 from ordersaga import events
-from ordersaga.bounds import CUSTOMER_ID_PATTERN
+from ordersaga.bounds import CUSTOMER_ID_INPUT_PATTERN
 from ordersaga.domain import (
     Address,
     Order,
@@ -115,7 +115,7 @@ async def place_order(
 @router.get("")
 async def list_orders(
     ctx: Ctx,
-    customer_id: Annotated[str | None, Query(pattern=CUSTOMER_ID_PATTERN)] = None,
+    customer_id: Annotated[str | None, Query(pattern=CUSTOMER_ID_INPUT_PATTERN)] = None,
     status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordersaga.bounds import CUSTOMER_ID_PATTERN
+from ordersaga.bounds import CUSTOMER_ID_INPUT_PATTERN
 from ordersaga.domain import MAX_ITEMS, MAX_ORDER_TOTAL, MAX_QUANTITY, MAX_STOCK, MAX_UNIT_PRICE
 from ordersaga.settings import Settings
 from tests.helpers import order_body, place, stocked_sku, unique, wait_terminal
@@ -91,7 +91,7 @@ storable = st.text(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    customer=st.from_regex(CUSTOMER_ID_PATTERN, fullmatch=True),
+    customer=st.from_regex(CUSTOMER_ID_INPUT_PATTERN, fullmatch=True),
     name=storable,
     quantity=st.integers(1, MAX_QUANTITY),
     lines=st.integers(1, 3),
