@@ -7,8 +7,13 @@ healthcheck. The standard library only, so a probe costs a few milliseconds of C
 - api: `GET /readyz` on the container's own port answers 200 (the API's own check of Postgres,
   NATS and Temporal).
 - worker, relay, projector, notifier: a process `ordersaga ROLE` runs, and every server the
-  role needs accepts connections (for NATS, one of the listed servers is enough: the client
-  fails over). The notifier also needs its API key.
+  role needs accepts a TCP connection (for NATS, one server of ORDERSAGA_NATS__URL's
+  comma-separated seed list is enough: the client fails over). The notifier also needs its API
+  key.
+
+Only host and port are read from the URLs, which carry no password in deploy/ (the passwords
+are variables of their own, which the probe never reads). TLS and authentication are the
+process's own checks at start: a process that cannot sign in exits, and is restarted.
 
 It reads the same ORDERSAGA_* variables as the process; the settings it needs are set
 explicitly in every manifest of deploy/, so the embedded stack's defaults do not apply here.
@@ -31,7 +36,9 @@ Check = Callable[[], str | None]  # None when fine, else why not
 
 
 def _endpoints(urls: str, default_port: int) -> list[tuple[str, int]]:
-    """host:port of each of a comma-separated list of URLs (user and password ignored)."""
+    """host:port of each of a comma-separated list of URLs or host:port addresses, with or
+    without a user (and a password, if one is there, ignored): `nats://a:4222, nats://b`,
+    `postgresql+asyncpg://user@db:5432/name`, `temporal:7233`."""
     found = []
     for url in filter(None, (part.strip() for part in urls.split(","))):
         parts = urlsplit(url if "://" in url else f"tcp://{url}")

@@ -7,7 +7,9 @@ KUBERNETES_VERSION (kubernetes-validate, strict: an unknown field fails), the Co
 hadolint. Around them, what only this project knows: every ORDERSAGA_* name in deploy/ is a
 setting of ordersaga/settings.py (walked from the model, so a new setting needs no change here),
 every command a container runs is a command of the CLI, every Helm value is one the chart reads,
-and the pieces agree with each other (secrets, images, replicas, probes).
+the pieces agree with each other (secrets, images, replicas, probes), and credentials stay out
+of the configuration: no URL carries a password, every secret setting comes from a Secret or
+deploy/.env, and every Secret key, Secret volume and ${VAR} used is one the examples document.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Union
+from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints
 import pytest
@@ -99,10 +102,13 @@ def containers(workload: Doc) -> list[Doc]:
     return found
 
 
+def example_secret_docs() -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all((K8S / "secrets.example.yaml").read_text()) if doc]
+
+
 def example_secrets() -> dict[str, dict[str, str]]:
     """Secret name -> its keys and placeholder values, from deploy/k8s/secrets.example.yaml."""
-    docs = yaml.safe_load_all((K8S / "secrets.example.yaml").read_text())
-    return {doc["metadata"]["name"]: doc["stringData"] for doc in docs if doc}
+    return {doc["metadata"]["name"]: doc["stringData"] for doc in example_secret_docs()}
 
 
 def compose() -> Doc:
@@ -141,32 +147,46 @@ def _nested(annotation: Any) -> type | None:
     return None
 
 
-def _fields(model: type) -> Iterator[tuple[str, Any]]:
+def _fields(model: type) -> Iterator[tuple[str, Any, bool]]:
+    """Each field of a model or dataclass: its name, its annotation, and whether it is a secret
+    (the settings keep secrets out of repr)."""
     if issubclass(model, BaseModel):
         for name, info in model.model_fields.items():
-            yield name, info.annotation
+            yield name, info.annotation, info.repr is False
     else:
         hints = typing.get_type_hints(model)
         for field in dataclasses.fields(typing.cast(Any, model)):
-            yield field.name, hints[field.name]
+            yield field.name, hints[field.name], field.repr is False
 
 
 @cache
-def setting_names() -> frozenset[str]:
-    """Every environment variable Settings reads: ORDERSAGA_<SECTION>__<KEY>, at any depth (a
-    section's own name takes JSON), walked from the model itself."""
+def _walk_settings() -> tuple[frozenset[str], frozenset[str]]:
     names = {SETTINGS_JSON_VAR}
+    secrets = set()
 
     def walk(prefix: str, model: type) -> None:
-        for name, annotation in _fields(model):
+        for name, annotation, secret in _fields(model):
             variable = prefix + name.upper()
             names.add(variable)
+            if secret:
+                secrets.add(variable)
             nested = _nested(annotation)
             if nested is not None:
                 walk(variable + "__", nested)
 
     walk(Settings.model_config.get("env_prefix", ""), Settings)
-    return frozenset(names)
+    return frozenset(names), frozenset(secrets)
+
+
+def setting_names() -> frozenset[str]:
+    """Every environment variable Settings reads: ORDERSAGA_<SECTION>__<KEY>, at any depth (a
+    section's own name takes JSON), walked from the model itself."""
+    return _walk_settings()[0]
+
+
+def secret_setting_names() -> frozenset[str]:
+    """The settings that are secrets (passwords, tokens, API keys): those kept out of repr."""
+    return _walk_settings()[1]
 
 
 SETTING_NAME = re.compile(r"\bORDERSAGA_[A-Z0-9_]*[A-Z0-9]")
@@ -183,6 +203,20 @@ def test_the_settings_walk_finds_nested_sections() -> None:
     ):
         assert expected in names
     assert "ORDERSAGA_NATS__REPLICA" not in names
+
+
+def test_the_settings_walk_finds_the_secrets() -> None:
+    secrets = secret_setting_names()
+    for expected in (
+        "ORDERSAGA_DATABASE__PASSWORD",
+        "ORDERSAGA_NATS__PASSWORD",
+        "ORDERSAGA_NATS__TOKEN",
+        "ORDERSAGA_NOTIFIER__API_KEY",
+        "ORDERSAGA_TEMPORAL__API_KEY",
+    ):
+        assert expected in secrets
+    for plain in ("ORDERSAGA_DATABASE__URL", "ORDERSAGA_NATS__URL", "ORDERSAGA_NATS__USER"):
+        assert plain not in secrets
 
 
 def test_every_ordersaga_name_in_deploy_is_a_setting() -> None:
@@ -244,6 +278,12 @@ def test_each_kubernetes_container_gets_valid_settings(
             settings = _settings_from(env, patch)
         assert settings.temporal.namespace == "ordersaga", where
         assert settings.nats.replicas == 3, where
+        # The user from the ConfigMap, its password from the Secret; three seed servers.
+        assert settings.nats.user and settings.nats.password, where
+        assert len(settings.nats_url().split(",")) == 3, where
+        assert urlsplit(settings.database_url()).password is None, where
+        # Postgres over TLS in production, verified against the mounted CA bundle.
+        assert settings.database.tls.on is (overlay == "prod"), where
         checked += 1
     assert checked >= len(PROCESSES) + 2
 
@@ -259,6 +299,8 @@ def test_each_compose_container_gets_valid_settings(monkeypatch: pytest.MonkeyPa
             settings = _settings_from(env, patch)
         assert settings.nats.replicas == 3, name
         assert settings.nats_url().count("nats://") == 3, name
+        assert settings.nats.user and settings.nats.password, name
+        assert settings.database.password, name
 
 
 # -- the CLI commands the containers run ----------------------------------------------------------
@@ -383,7 +425,10 @@ def test_compose_secrets_come_from_the_env_file() -> None:
             if secret.search(variable):
                 assert INTERPOLATION.fullmatch(value), f"{name}: {variable} is a literal"
             for userinfo in re.findall(r"://([^@/]+)@", value):
-                assert INTERPOLATION.search(userinfo), f"{name}: {variable} has a literal password"
+                password = userinfo.partition(":")[2]
+                assert not password or INTERPOLATION.search(password), (
+                    f"{name}: {variable} has a literal password"
+                )
 
 
 # -- the Kubernetes manifests ---------------------------------------------------------------------
@@ -457,9 +502,22 @@ def test_kubernetes_references_resolve(overlay: str) -> None:
         assert pod_spec(workload)["serviceAccountName"] in {
             d["metadata"]["name"] for d in of_kind(docs, "ServiceAccount")
         }
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                assert name in secrets, (
+                    f"volume {volume['name']}: Secret {name} not in the examples"
+                )
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in secrets[name], f"volume {volume['name']}: {item}"
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, volume
         for container in containers(workload):
             for source in container.get("envFrom", []):
-                assert source["configMapRef"]["name"] in config_maps
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, source
+                else:
+                    assert source["configMapRef"]["name"] in config_maps
             for variable in container.get("env", []):
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -468,6 +526,39 @@ def test_kubernetes_references_resolve(overlay: str) -> None:
     for service in of_kind(docs, "Service"):
         selector = service["spec"]["selector"].items()
         assert any(selector <= labels.items() for labels in pods), service["metadata"]["name"]
+
+
+def _secret_keys_used(docs: tuple[Doc, ...]) -> set[tuple[str, str]]:
+    """(Secret, key) of every Secret key a workload reads, as a variable or a mounted file."""
+    secrets = example_secrets()
+    used: set[tuple[str, str]] = set()
+    for workload in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                items = volume["secret"].get("items")
+                keys = [item["key"] for item in items] if items else list(secrets.get(name, {}))
+                used.update((name, key) for key in keys)
+        for container in containers(workload):
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    used.add((ref["name"], ref["key"]))
+    return used
+
+
+def test_every_key_of_ordersagas_example_secrets_is_used() -> None:
+    """The other way round: the examples document no key that no overlay reads (a leftover
+    such as a URL that moved to the ConfigMap). The Secrets of other namespaces belong to the
+    charts' values, checked with them."""
+    used = set().union(*(_secret_keys_used(rendered(overlay)) for overlay in OVERLAYS))
+    for doc in example_secret_docs():
+        if "namespace" in doc["metadata"]:
+            continue
+        for key in doc["stringData"]:
+            assert (doc["metadata"]["name"], key) in used, (
+                f"unused: {doc['metadata']['name']}/{key}"
+            )
 
 
 def test_overlays_change_what_they_mean_to() -> None:
@@ -489,6 +580,191 @@ def test_overlays_change_what_they_mean_to() -> None:
     for deployment in prod:
         keys = [c["topologyKey"] for c in pod_spec(deployment)["topologySpreadConstraints"]]
         assert "topology.kubernetes.io/zone" in keys, deployment["metadata"]["name"]
+    # The Postgres CA bundle reaches every pod (the patch targets two kinds).
+    for workload in prod + of_kind(rendered("prod"), "Job"):
+        volumes = [v["name"] for v in pod_spec(workload)["volumes"]]
+        assert "postgres-ca" in volumes, workload["metadata"]["name"]
+
+
+# -- credentials ----------------------------------------------------------------------------------
+
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s,'\"`<>]+", re.I)
+CREDENTIAL_PARAMETERS = {"password", "passwd", "pass", "pwd", "sslpassword", "token", "api_key"}
+
+
+def passwords_in_urls(text: str) -> list[str]:
+    """The URLs in `text` (one, a comma-separated list, or prose) that carry a password: as
+    user:password@ (even a `${VAR}` from deploy/.env) or as a query parameter."""
+    found = []
+    for url in URL.findall(INTERPOLATION.sub("INTERPOLATED", text)):
+        parts = urlsplit(url)
+        parameters = {key.lower() for key, _ in parse_qsl(parts.query)}
+        if parts.password is not None or parameters & CREDENTIAL_PARAMETERS:
+            found.append(url)
+    return found
+
+
+def test_the_url_check_catches_a_password() -> None:
+    for bad in (
+        "postgresql+asyncpg://ordersaga:s3cret@db:5432/ordersaga",
+        "postgresql+asyncpg://ordersaga:${APP_DB_PASSWORD:?set it in deploy/.env}@postgres/x",
+        "nats://n0:4222,nats://ordersaga:${NATS_PASSWORD}@n1:4222",
+        "nats://:s3cret@n0:4222",
+        "postgresql://ordersaga@db/ordersaga?password=s3cret",
+    ):
+        assert passwords_in_urls(bad), bad
+    for good in (
+        "postgresql+asyncpg://ordersaga@db:5432/ordersaga",
+        "nats://n0:4222,nats://n1:4222,nats://n2:4222",
+        "temporal:7233",
+        "http://ordersaga-api:8000",
+        "postgresql://ordersaga@db/ordersaga?sslmode=verify-full",
+    ):
+        assert not passwords_in_urls(good), good
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kubernetes_configuration_has_no_password_in_a_url(overlay: str) -> None:
+    """The ConfigMaps and literal env values: addresses with a user at most."""
+    docs = rendered(overlay)
+    for config_map in of_kind(docs, "ConfigMap"):
+        for key, value in config_map.get("data", {}).items():
+            found = passwords_in_urls(str(value))
+            assert not found, f"ConfigMap {config_map['metadata']['name']}: {key} = {found}"
+    for workload in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        for container in containers(workload):
+            for variable in container.get("env", []):
+                found = passwords_in_urls(str(variable.get("value", "")))
+                assert not found, f"{workload['metadata']['name']}: {variable['name']} = {found}"
+
+
+def test_compose_environment_has_no_password_in_a_url() -> None:
+    for name, service in compose_services().items():
+        for variable, value in (service.get("environment") or {}).items():
+            found = passwords_in_urls(str(value))
+            assert not found, f"compose {name}: {variable} = {found}"
+
+
+def test_nothing_in_deploy_shows_a_password_in_a_url() -> None:
+    """Not even a comment or the README: an example is copied."""
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.name != ".env" and path.suffix != ".pyc":
+            found = passwords_in_urls(path.read_text(errors="replace"))
+            assert not found, f"{path.relative_to(ROOT)}: {found}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kubernetes_secret_settings_come_from_secrets(overlay: str) -> None:
+    """A secret setting (one kept out of repr) is never in a ConfigMap nor a literal; the ones
+    the processes need come from the Secret, and nothing else does."""
+    docs = rendered(overlay)
+    secret_names = secret_setting_names()
+    for config_map in of_kind(docs, "ConfigMap"):
+        leaked = secret_names & set(config_map.get("data", {}))
+        assert not leaked, f"ConfigMap {config_map['metadata']['name']}: {leaked}"
+    from_secrets = set()
+    for workload in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        for container in containers(workload):
+            for variable in container.get("env", []):
+                is_secret = "secretKeyRef" in variable.get("valueFrom", {})
+                if variable["name"] in secret_names:
+                    assert is_secret, f"{workload['metadata']['name']}: {variable['name']}"
+                if is_secret:
+                    from_secrets.add(variable["name"])
+    assert from_secrets == {
+        "ORDERSAGA_DATABASE__PASSWORD",
+        "ORDERSAGA_NATS__PASSWORD",
+        "ORDERSAGA_NOTIFIER__API_KEY",
+    }
+
+
+def test_compose_secret_settings_come_from_the_env_file() -> None:
+    secret_names = secret_setting_names()
+    given = set()
+    for name, service in ordersaga_services().items():
+        for variable, value in service["environment"].items():
+            if variable in secret_names:
+                assert INTERPOLATION.fullmatch(str(value)), f"{name}: {variable} is a literal"
+                given.add(variable)
+    assert given == {
+        "ORDERSAGA_DATABASE__PASSWORD",
+        "ORDERSAGA_NATS__PASSWORD",
+        "ORDERSAGA_NOTIFIER__API_KEY",
+    }
+
+
+def test_env_example_lists_only_what_compose_uses() -> None:
+    """The other way round from test_compose_secrets_come_from_the_env_file: no leftover."""
+    listed = set(re.findall(r"^([A-Z_]+)=", (DEPLOY / ".env.example").read_text(), re.M))
+    used = set(re.findall(r"\$\{([A-Z_]+)", COMPOSE.read_text()))
+    assert listed <= used, f"in .env.example, used nowhere: {listed - used}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_file_settings_point_into_mounted_volumes(overlay: str) -> None:
+    """Every ORDERSAGA_..._FILE (a TLS CA, a client certificate, a NATS credentials file) is a
+    path inside a read-only mount of the container, from a Secret key the examples document."""
+    docs = rendered(overlay)
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in of_kind(docs, "ConfigMap")}
+    secrets = example_secrets()
+    checked = 0
+    for workload in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+        for container in containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            env: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+            env.update({v["name"]: v["value"] for v in container.get("env", []) if "value" in v})
+            for variable, value in env.items():
+                if not (variable.startswith("ORDERSAGA_") and variable.endswith("_FILE")):
+                    continue
+                path = PurePosixPath(value)
+                mounts = [
+                    m
+                    for m in container.get("volumeMounts", [])
+                    if path.is_relative_to(m["mountPath"])
+                ]
+                assert mounts, f"{where}: {variable}={value} is in no mounted volume"
+                [mount] = mounts
+                assert mount.get("readOnly") is True, f"{where}: {mount['name']} is writable"
+                inside = str(path.relative_to(mount["mountPath"]))
+                volume = volumes[mount["name"]]
+                if "secret" in volume:
+                    name = volume["secret"]["secretName"]
+                    items = volume["secret"].get("items")
+                    files = (
+                        {i["path"]: i["key"] for i in items}
+                        if items
+                        else {k: k for k in secrets[name]}
+                    )
+                    assert inside in files, f"{where}: {variable}: no {inside} in {name}"
+                    assert files[inside] in secrets[name], f"{where}: {name} has no {files[inside]}"
+                else:
+                    assert "configMap" in volume, f"{where}: {variable} from {volume}"
+                checked += 1
+    if overlay == "prod":
+        assert checked >= len(PROCESSES) + 2, "prod: not every container verifies Postgres"
+
+
+def test_connection_users_and_servers_agree() -> None:
+    """The NATS user of the configuration is the servers' user, the database user is a role
+    the compose Postgres makes, and the NATS seed lists name the three servers."""
+    nats_auth = example_secrets()["nats-auth"]
+    nats_values = helm_values("nats")[0][1]
+    for overlay in OVERLAYS:
+        for where, env in _k8s_environments(overlay):
+            assert env["ORDERSAGA_NATS__USER"] == nats_auth["user"], where
+            seeds = set(env["ORDERSAGA_NATS__URL"].split(","))
+            assert len(seeds) == nats_values["config"]["cluster"]["replicas"], where
+    shared = compose_services()["relay"]["environment"]
+    conf = (DEPLOY / "compose" / "nats.conf").read_text()
+    user = re.search(r"authorization\s*\{[^}]*\buser:\s*(\S+)", conf)
+    assert user and shared["ORDERSAGA_NATS__USER"] == user.group(1)
+    hosts = {urlsplit(url).hostname for url in shared["ORDERSAGA_NATS__URL"].split(",")}
+    assert hosts == {name for name in compose_services() if name.startswith("nats-")}
+    role = urlsplit(shared["ORDERSAGA_DATABASE__URL"]).username
+    assert f"CREATE ROLE {role} LOGIN" in (DEPLOY / "compose" / "postgres-init.sh").read_text()
 
 
 # -- the Containerfile ----------------------------------------------------------------------------
@@ -703,6 +979,23 @@ def test_probe_of_a_worker_role(fake_relay: None, listening: int, closed_port: i
 
     assert "no `ordersaga projector` process" in probe("projector", up).stderr
     assert "ORDERSAGA_DATABASE__URL is not set" in probe("relay", {}).stderr
+
+    # As deploy/ sets them: a user and no password, the three NATS servers as a seed list.
+    configured = {
+        "ORDERSAGA_DATABASE__URL": f"postgresql+asyncpg://ordersaga@127.0.0.1:{listening}/db",
+        "ORDERSAGA_NATS__URL": ", ".join(
+            f"nats://127.0.0.1:{port}" for port in (closed_port, closed_port, listening)
+        ),
+    }
+    ready = probe("relay", configured)
+    assert ready.returncode == 0, ready.stderr
+    all_down = {**configured, "ORDERSAGA_NATS__URL": f"nats://127.0.0.1:{closed_port},"}
+    assert "NATS unreachable" in probe("relay", all_down).stderr
+    db_down = {
+        **configured,
+        "ORDERSAGA_DATABASE__URL": f"postgresql+asyncpg://ordersaga@127.0.0.1:{closed_port}/db",
+    }
+    assert "Postgres unreachable" in probe("relay", db_down).stderr
 
 
 @pytest.mark.parametrize(("status", "ready"), [(200, True), (503, False)])
