@@ -515,10 +515,9 @@ class FaultDriver:
         )
 
     async def _kill(self, name: str, at: float) -> None:
-        leader: tuple[str, str | None] | None = None
         if name == "nats-leader":
-            name = await self._stream_leader()
-            leader = (name, None)
+            await self._kill_leader(at)
+            return
         part = self.stack.parts[name]
         before = part.restarts
         pid = part.process.pid if part.process else None
@@ -529,12 +528,27 @@ class FaultDriver:
         async def back() -> bool | None:
             return True if part.restarts > before and await serves(part) else None
 
-        if leader is not None:
-            leader = (name, await self._new_leader(name))
-            log.info("fault: ORDERS led by %s after %s died", leader[1], name)
         ok = await poll_until(back, RECOVERY_S)
         took = time.monotonic() - started if ok else None
-        self.records.append(FaultRecord(name, "kill", at, pid, took, leader=leader))
+        self.records.append(FaultRecord(name, "kill", at, pid, took))
+        log.info("fault: %s serves again after %s", name, f"{took:.1f}s" if took else "NEVER")
+
+    async def _kill_leader(self, at: float) -> None:
+        """SIGKILL the node that leads ORDERS and keep it down until another node leads: back
+        within a second, a killed node could win the election again before the others noticed
+        it had gone, and nothing would show that the stream can change leaders."""
+        name = await self._stream_leader()
+        part = self.stack.parts[name]
+        pid = part.process.pid if part.process else None
+        started = time.monotonic()
+        await self.stack.pause(name)
+        log.warning("fault: SIGKILL %s (pid %s, leads ORDERS) at %.1fs", name, pid, at)
+        new = await self._new_leader(name)
+        log.info("fault: ORDERS led by %s after %s died", new, name)
+        await self.stack.resume(name)
+        ok = await poll_until(lambda: self._serving(part), RECOVERY_S)
+        took = time.monotonic() - started if ok else None
+        self.records.append(FaultRecord(name, "kill", at, pid, took, leader=(name, new)))
         log.info("fault: %s serves again after %s", name, f"{took:.1f}s" if took else "NEVER")
 
     async def _hold(self, name: str, at: float) -> None:
