@@ -130,7 +130,17 @@ def notifier() -> None:
     """Run the notification service (customer messages on confirmed and cancelled orders)."""
     from projections import notifier as notifier_process
 
-    asyncio.run(notifier_process.run(_settings()))
+    settings = _settings()
+    if settings.notifier.api_key is None:
+        # Without a key every order it asks the API for is a 401, and every notification would
+        # end as a dead letter: refuse to start instead, saying what to do.
+        raise typer.Exit(
+            _fail(
+                "the notifier needs an API key of role client in ORDERSAGA_NOTIFIER__API_KEY: "
+                "ordersaga keys create --role client --name notifier"
+            )
+        )
+    asyncio.run(notifier_process.run(settings))
 
 
 @app.command()

@@ -151,3 +151,12 @@ async def test_an_order_the_notifier_cannot_serve_holds_up_no_other_and_is_dead_
     ]
     (after,) = [d for d in await _dead_letters(engine, poisoned) if d.id == letter.id]
     assert after.state == "retried" and after.resolved_at is not None
+
+
+def test_the_notifier_without_an_api_key_refuses_to_start(settings: Settings) -> None:
+    keyless = settings.model_copy(
+        update={"notifier": settings.notifier.model_copy(update={"api_key": None})}
+    )
+    done = cli(keyless, "notifier", timeout=30)
+    assert done.returncode == 1
+    assert "ORDERSAGA_NOTIFIER__API_KEY" in done.stderr
