@@ -44,6 +44,21 @@ from ordersaga.tls import ssl_context
 log = logging.getLogger(__name__)
 
 
+class _TlsOnlyClient(NATS):
+    """nats-py upgrades a connection to TLS only when the server's INFO says `tls_required`: a
+    server (or anyone on the path) that leaves the flag out would get our CONNECT, credentials
+    included, in plain text, and no certificate would be checked. With TLS configured, this
+    client refuses to send CONNECT on a connection that was not upgraded; nats-py counts that as
+    a failed attempt and tries again, so nothing is ever sent in the clear."""
+
+    def _connect_command(self) -> bytes:
+        if not self._server_info.get("tls_required"):
+            raise nats.errors.Error(
+                "nats: TLS is configured but this server did not start TLS; not connecting"
+            )
+        return super()._connect_command()
+
+
 async def connect(settings: Settings, name: str) -> NATS:
     ns = settings.nats_auth()
     auth: dict[str, Any] = {}
@@ -54,9 +69,10 @@ async def connect(settings: Settings, name: str) -> NATS:
     if ns.creds_file is not None:
         auth.update(user_credentials=str(ns.creds_file))
     context = ssl_context(ns.tls)
+    nc = NATS() if context is None else _TlsOnlyClient()
     if context is not None:
         auth.update(tls=context, tls_hostname=ns.tls.server_name)
-    return await nats.connect(
+    await nc.connect(
         settings.nats_url().split(","),
         name=f"ordersaga-{name}",
         connect_timeout=5,
@@ -64,6 +80,7 @@ async def connect(settings: Settings, name: str) -> NATS:
         reconnect_time_wait=1,
         **auth,
     )
+    return nc
 
 
 # -- the topology -------------------------------------------------------------------------------

@@ -20,20 +20,33 @@ def url(settings: Settings) -> URL:
     return parsed
 
 
-def tls(settings: Settings) -> ssl.SSLContext | bool:
-    """asyncpg's `ssl` argument: our verifying context, or False (plain TCP)."""
+def tls(settings: Settings) -> ssl.SSLContext | None:
+    """asyncpg's `ssl` argument: our verifying context, or None when our TLS settings are off, so
+    that the URL's own `?ssl=...` and libpq's PGSSLMODE still apply."""
     if settings.database.tls.server_name is not None:
         # asyncpg checks the certificate against the host it connects to; it has no override.
         raise ValueError(
             "ORDERSAGA_DATABASE__TLS__SERVER_NAME is not supported: put the name the server's "
             "certificate carries in the URL's host"
         )
-    return ssl_context(settings.database.tls) or False
+    return ssl_context(settings.database.tls)
+
+
+def _ssl_arg(settings: Settings) -> dict[str, object]:
+    context = tls(settings)
+    return {} if context is None else {"ssl": context}
+
+
+def _url_ssl_mode(settings: Settings) -> dict[str, object]:
+    """The URL's own `?ssl=` / `?sslmode=` for the asyncpg pool (SQLAlchemy reads it itself)."""
+    query = url(settings).query
+    mode = query.get("ssl") or query.get("sslmode")
+    return {"ssl": mode} if isinstance(mode, str) else {}
 
 
 def engine_args(settings: Settings) -> dict[str, object]:
     """What every SQLAlchemy engine on our database needs beyond the URL (migrations too)."""
-    return {"connect_args": {"ssl": tls(settings)}}
+    return {"connect_args": _ssl_arg(settings)}
 
 
 def _server_settings(settings: Settings) -> dict[str, str]:
@@ -56,7 +69,7 @@ def _address(settings: Settings) -> dict[str, object]:
         "user": parsed.username,
         "password": parsed.password,
         "database": parsed.database,
-        "ssl": tls(settings),
+        **(_ssl_arg(settings) or _url_ssl_mode(settings)),
     }
 
 
@@ -77,7 +90,7 @@ def create_engine(
         pool_size=pool_size or db.pool_size,
         max_overflow=db.pool_size,
         pool_pre_ping=pre_ping,
-        connect_args={"server_settings": _server_settings(settings), "ssl": tls(settings)},
+        connect_args={"server_settings": _server_settings(settings), **_ssl_arg(settings)},
     )
 
 

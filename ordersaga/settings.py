@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ordersaga.domain import SagaPolicy
@@ -26,7 +26,7 @@ class TlsSettings(BaseModel):
     """TLS for one connection. The server's certificate is always verified: against `ca_file`
     (PEM) when set, otherwise against the system's trust store, and for the host connected to
     (or `server_name`). `cert_file` and `key_file` add a client certificate (mutual TLS).
-    Setting any file turns TLS on; so does `enabled`, for a server with a publicly trusted
+    Setting any of these turns TLS on; so does `enabled`, for a server with a publicly trusted
     certificate."""
 
     enabled: bool = False
@@ -37,7 +37,7 @@ class TlsSettings(BaseModel):
 
     @property
     def on(self) -> bool:
-        return self.enabled or any((self.ca_file, self.cert_file, self.key_file))
+        return self.enabled or any((self.ca_file, self.cert_file, self.key_file, self.server_name))
 
     @model_validator(mode="after")
     def _pair(self) -> TlsSettings:
@@ -58,6 +58,9 @@ def _secret(description: str) -> Any:
 
 
 class DatabaseSettings(BaseModel):
+    # A validation error quotes its input: that would put a secret in a traceback.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     url: str | None = Field(
         default=None,
         description="SQLAlchemy URL (postgresql+asyncpg://user@host:port/db). Unset: the "
@@ -73,6 +76,9 @@ class DatabaseSettings(BaseModel):
 
 
 class NatsSettings(BaseModel):
+    # A validation error quotes its input: that would put a secret in a traceback.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     url: str | None = Field(
         default=None,
         description="nats://host:port, comma-separated for a cluster's seed servers. Unset: the "
@@ -142,6 +148,9 @@ class RelaySettings(BaseModel):
 
 
 class NotifierSettings(BaseModel):
+    # A validation error quotes its input: that would put a secret in a traceback.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     durable: str = "notifier"
     # Orders handled at once: a few stuck in the API's min_version wait leave room for the rest.
     concurrency: int = Field(default=64, ge=1, le=1024)
@@ -153,6 +162,9 @@ class NotifierSettings(BaseModel):
 
 
 class TemporalSettings(BaseModel):
+    # A validation error quotes its input: that would put a secret in a traceback.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     address: str | None = Field(default=None, description="host:port. Unset: the embedded server.")
     # Temporal Cloud's API-key authentication (TLS is then on, with the system's trust store).
     api_key: str | None = _secret("A Temporal Cloud API key.")
@@ -182,7 +194,10 @@ class ApiSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="ORDERSAGA_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="ORDERSAGA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Path(".ordersaga")

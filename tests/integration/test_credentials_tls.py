@@ -16,6 +16,7 @@ import nats.errors
 import pytest
 import trustme
 from nats.aio.client import Client as NATS
+from pydantic import ValidationError
 
 from ordersaga import bus, db, migrations
 from ordersaga.devstack import find_tool, free_port
@@ -227,9 +228,13 @@ async def test_postgres_tls_for_the_pool_the_engine_and_migrations(
         finally:
             await engine.dispose()
         assert len(ciphers) == 3
-        # Without TLS settings the client speaks plain TCP, which this endpoint does not serve.
+        # Without TLS settings the URL's own ssl mode applies: `disable` speaks plain TCP, which
+        # this endpoint does not serve.
+        plain = _database(settings, address, TlsSettings())
+        plain_url = f"{plain.database.url}?ssl=disable"
+        plain = plain.model_copy(update={"database": DatabaseSettings(url=plain_url)})
         with pytest.raises((OSError, ConnectionError, asyncpg.PostgresError)):
-            await db.connect(_database(settings, address, TlsSettings()), "test")
+            await db.connect(plain, "test")
         assert len(ciphers) == 3
 
 
@@ -300,3 +305,38 @@ async def test_the_embedded_nats_server_lets_in_only_its_own_user(settings: Sett
     await _nats_refuses(settings.model_copy(update={"nats": anonymous}))
     stranger = settings.nats.model_copy(update={"password": "guess"})
     await _nats_refuses(settings.model_copy(update={"nats": stranger}))
+
+
+async def test_tls_settings_never_talk_to_a_server_that_does_not_start_tls(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """nats-py upgrades only when the server asks: a plain server (or a stripped INFO) must get
+    no CONNECT, so no credentials in the clear."""
+    async with nats_server(tmp_path, 'authorization { user: "svc", password: "s3cret" }\n') as url:
+        tls = pki.trust(client_cert=True)
+        plain = NatsSettings(url=url, user="svc", password="s3cret", tls=tls)
+        await _nats_refuses(Settings(nats=plain))
+
+
+def test_secrets_stay_out_of_validation_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERSAGA_NATS__PASSWORD", "hunter2")  # and no user: invalid
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValidationError) as caught:
+        Settings.model_validate({"temporal": {"api_key": "k3y", "tls": {"cert_file": "c"}}})
+    assert "k3y" not in str(caught.value)
+
+
+def test_a_server_name_alone_turns_tls_on() -> None:
+    assert TlsSettings(server_name="nats.internal").on
+    assert not TlsSettings().on
+
+
+def test_without_tls_settings_the_urls_own_ssl_mode_applies() -> None:
+    settings = Settings(database=DatabaseSettings(url="postgresql+asyncpg://u@db/x?ssl=require"))
+    assert db._address(settings)["ssl"] == "require"
+    assert "ssl" not in db.engine_args(settings)["connect_args"]  # type: ignore[operator]
+    assert "ssl" not in db._address(
+        Settings(database=DatabaseSettings(url="postgresql+asyncpg://u@db/x"))
+    )
