@@ -338,8 +338,8 @@ class Api:
             self.retries += 1
             if loop.time() + delay > deadline:
                 raise SoakError(f"{method} {path}: no answer after {failures} attempts ({last})")
-            if unreachable and len(self._bases) > 1:
-                continue  # no connection to that API: the next one, at once
+            if unreachable and failures % len(self._bases):
+                continue  # no connection to that API: the next one at once, then back off
             await asyncio.sleep(delay)  # retry backoff
             delay = min(delay * 2, 2.0)
 
@@ -573,6 +573,8 @@ class FaultDriver:
             log.warning(
                 "fault: %s (pid %s) down for %.0fs at %.1fs", name, pid, self.config.down_s, at
             )
+            # Answers already on their way from the API just killed are counted before this.
+            await asyncio.sleep(0.5)
             before = Counter(self.api.answered) if self.api else Counter[str]()
             await asyncio.sleep(self.config.down_s)  # the outage itself
             if self.api is not None and _service(name) == "api":

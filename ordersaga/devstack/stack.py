@@ -88,6 +88,12 @@ class DevStack:
             api = settings.api.model_copy(update={"port": settings.api.port + copy})
             settings = settings.model_copy(update={"api": api})
             ready = self._serves(f"http://{api.host}:{api.port}/healthz")
+        if command == "notifier" and settings.notifier.api_url is None:
+            # Notifier i asks API i: neither API alone holds up every notification.
+            notifier = settings.notifier.model_copy(
+                update={"api_url": self.api_urls()[copy % self.copies]}
+            )
+            settings = settings.model_copy(update={"notifier": notifier})
         # The resolved settings, whole: the child reads them back in get_settings().
         return Managed(
             name,

@@ -30,9 +30,9 @@ async def test_a_cluster_loses_its_stream_leader_a_worker_a_projector_and_an_api
     tmp_path: Path,
 ) -> None:
     config = SoakConfig(
-        sagas=40,
+        sagas=50,
         seed=11,
-        duration_s=30.0,
+        duration_s=40.0,
         down_s=8.0,
         settle_s=150.0,
         data_dir=tmp_path,
@@ -46,7 +46,9 @@ async def test_a_cluster_loses_its_stream_leader_a_worker_a_projector_and_an_api
     )
     result = await run_soak(config)
     assert result.violations == 0, result.table()
-    assert result.terminal == 40
+    assert result.terminal == 50
+    # Every fault struck while orders were still being placed.
+    assert all(f.at_s < 0.9 * config.window_s for f in result.faults), result.table()
     assert {"nats-1", "nats-2", "nats-3", "api-1", "api-2"} <= set(result.parts)
 
     leader_kill, api, worker, projector = result.faults
