@@ -280,6 +280,10 @@ async def test_the_feed_sees_every_committed_event_once_in_stream_order(
     reading = asyncio.create_task(reader())
     await asyncio.gather(*(writer(k) for k in range(8)))
     writers_done.set()
+    # One more event after the flag: a reader that had caught up before the flag was set waits
+    # for the next event, and would otherwise wait forever (seen once in CI).
+    # It goes to a stream of its own, outside the ones checked below.
+    await es.append(stream(), [NewEvent(str(uuid.uuid4()), HAPPENED, {"n": -1})])
     await asyncio.wait_for(reading, timeout=60)
 
     ours = [e for e in seen if e.stream_id in streams]
