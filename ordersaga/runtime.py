@@ -132,7 +132,7 @@ class Resources:
         if self._nats is None:
             nc = await bus.connect(self.settings, self.name)
             self._stack.push_async_callback(nc.close)
-            await versions.check_nats(nc, self.settings.nats_url())
+            await versions.check_nats(nc, self.settings.nats_where())
             self._nats = nc
         return self._nats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -221,6 +222,10 @@ class Settings(BaseSettings):
 
     def nats_url(self) -> str:
         return self.nats.url or f"nats://127.0.0.1:{self.nats.embedded_port}"
+
+    def nats_where(self) -> str:
+        """The NATS URL(s) for messages: any `user:password@` in them left out."""
+        return re.sub(r"//[^/@,]*@", "//", self.nats_url())
 
     def nats_auth(self) -> NatsSettings:
         """The NATS settings with the credentials to send. Unset on the embedded server (a command

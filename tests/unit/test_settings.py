@@ -72,3 +72,8 @@ def test_nats_credentials_go_one_way_and_secrets_stay_out_of_repr() -> None:
         Settings(temporal={"tls": {"cert_file": "c.pem"}})
     settings = Settings(nats={"user": "u", "password": "hunter2"}, temporal={"api_key": "k3y"})
     assert "hunter2" not in repr(settings) and "k3y" not in repr(settings)
+
+
+def test_nats_urls_in_messages_leave_out_credentials() -> None:
+    url = "nats://svc:s3cret@n0:4222,nats://svc:s3cret@n1:4222"
+    assert Settings(nats={"url": url}).nats_where() == "nats://n0:4222,nats://n1:4222"
