@@ -43,9 +43,10 @@ soak: setup
 clean:
 	rm -rf $(VENV) .ordersaga
 
-# The OpenAPI fuzzer of the suite, with a larger budget (10 minutes, 300 examples an operation).
+# The OpenAPI fuzzer of the suite, with a larger budget (10 minutes, 300 examples an operation);
+# prints the fuzzer's summary (cases generated, phases, failures).
 fuzz: setup
-	ORDERSAGA_FUZZ_EXAMPLES=300 ORDERSAGA_FUZZ_SECONDS=600 $(BIN)/pytest tests/e2e/test_openapi_fuzz.py
+	ORDERSAGA_FUZZ_EXAMPLES=300 ORDERSAGA_FUZZ_SECONDS=600 $(BIN)/pytest -s tests/e2e/test_openapi_fuzz.py
 
 # deploy/ checked offline, alone (make test runs the same tests): compose spec, Kubernetes
 # schemas, kustomize overlays, Helm values, Containerfile lint, settings names.

@@ -37,5 +37,6 @@ async def test_every_operation_answers_as_documented(stack: DevStack) -> None:
     )  # fmt: skip
     out, _ = await asyncio.wait_for(fuzzer.communicate(), int(SECONDS) + 300)  # its own bound
     report = out.decode(errors="replace")
+    print(report[report.find("SUMMARY") - 40 :] if "SUMMARY" in report else report[-3000:])
     assert fuzzer.returncode == 0, report[-6000:]
     assert "No issues found" in report or " passed" in report, report[-2000:]
