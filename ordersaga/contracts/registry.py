@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ordersaga.bounds import STORED
 from ordersaga.contracts.payloads import (
     Amount,
     InventoryReleasedV1,
@@ -132,8 +133,9 @@ def upcast(payload: Payload) -> Payload:
 
 def read(event_type: str, version: int, data: Mapping[str, Any]) -> Payload:
     """An event's data, validated against the model of its own version, then upcast to the
-    current one. Raises `UnknownPayload` or pydantic's `ValidationError`."""
-    return upcast(model_for(event_type, version).model_validate(data))
+    current one. Raises `UnknownPayload` or pydantic's `ValidationError`. A stored fact is held
+    to its schema, not to today's code lists (`bounds.STORED`)."""
+    return upcast(model_for(event_type, version).model_validate(data, context=STORED))
 
 
 def dump(payload: Payload) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def upcast_step(event_type: str, from_version: int) -> Callable[[dict[str, Any]]
     model, step = model_for(event_type, from_version), UPCASTS[(event_type, from_version)]
 
     def on_json(data: dict[str, Any]) -> dict[str, Any]:
-        return dump(step(model.model_validate(data)))
+        return dump(step(model.model_validate(data, context=STORED)))
 
     return on_json
 

@@ -22,7 +22,6 @@ from ordersaga.devstack.supervisor import Managed, StackError, as_user
 from ordersaga.runtime import search_attribute_flags
 from ordersaga.settings import (
     EMBEDDED_NATS_PASSWORD_FILE,
-    EMBEDDED_NATS_USER,
     NatsSettings,
     Settings,
 )
@@ -112,17 +111,17 @@ def postgres(settings: Settings, data_dir: Path) -> Managed:
     )  # fmt: skip
 
 
-def nats_credentials(settings: Settings, data_dir: Path) -> NatsSettings:
+def nats_credentials(settings: Settings) -> NatsSettings:
     """The embedded server's own user: the settings' user and password (or token) if given,
-    otherwise `ordersaga` with a password made on first start and kept in `data_dir`."""
+    otherwise `ordersaga` with a password made on first start and kept in the data directory,
+    where `Settings.nats_auth` finds it (for every process, and for commands run beside the
+    stack)."""
     ns = settings.nats
-    if ns.user is not None or ns.token is not None:
-        return ns
-    path = data_dir / EMBEDDED_NATS_PASSWORD_FILE
-    if not path.exists():
+    path = settings.data_dir / EMBEDDED_NATS_PASSWORD_FILE
+    if ns.user is None and ns.token is None and ns.creds_file is None and not path.exists():
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(24) + "\n")
-    return ns.model_copy(update={"user": EMBEDDED_NATS_USER, "password": path.read_text().strip()})
+    return settings.nats_auth()
 
 
 def _nats_config(ns: NatsSettings, data_dir: Path) -> Path:
@@ -159,16 +158,13 @@ def nats(settings: Settings, data_dir: Path, *, node: int = 0, nodes: int = 1) -
         async with httpx.AsyncClient(timeout=2) as http:
             return (await http.get(monitor)).status_code == 200
 
-    name, store = (
-        ("nats", data_dir / "nats")
-        if nodes == 1
-        else (f"nats-{node + 1}", data_dir / f"nats-{node + 1}")
-    )
+    suffix = "" if nodes == 1 else f"-{node + 1}"
+    name = f"nats{suffix}"
     argv = [
         find_tool("nats-server"), "-c", str(config),
         "-a", "127.0.0.1", "-p", str(ns.embedded_port + node),
         "-m", str(ns.embedded_monitor_port + node),
-        "-js", "-sd", str(store), "--server_name", f"ordersaga-dev{name.removeprefix('nats')}",
+        "-js", "-sd", str(data_dir / name), "--server_name", f"ordersaga-dev{suffix}",
     ]  # fmt: skip
     if nodes > 1:
         routes = ",".join(

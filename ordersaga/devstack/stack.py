@@ -126,7 +126,7 @@ class DevStack:
             infra.append(servers.postgres(base, self.data_dir))
             updates["database"] = base.database.model_copy(update={"url": base.database_url()})
         if base.nats.url is None and "nats" in self.servers:
-            nats = servers.nats_credentials(base, self.data_dir).model_copy(
+            nats = servers.nats_credentials(base).model_copy(
                 update={"url": servers.nats_urls(base, self.nats_nodes)}
             )
             if self.nats_nodes > 1:  # every stream on every node: any one may die

@@ -156,3 +156,15 @@ def test_every_cloudevent_names_the_schema_of_its_data() -> None:
         doc = events.to_cloudevent(_stored(event_type, version, data))
         assert doc["dataschema"] == f"/schemas/{event_type}/{version}"
         assert committed_schema(event_type, version)["$id"] == doc["dataschema"]
+
+
+def test_a_stored_fact_is_held_to_its_schema_not_to_todays_code_lists() -> None:
+    """A code pycountry no longer knows (here one it never knew, of the right shape) refuses a
+    new event but still reads a stored one: a library upgrade cannot make history unreadable."""
+    data = examples.example("order.shipment_scheduled").as_data() | {"country": "QQ"}
+    with pytest.raises(ValidationError, match="country"):
+        payloads.ShipmentScheduledV1.model_validate(data)  # written today: refused
+    read = registry.read("order.shipment_scheduled", 1, data)  # stored earlier: read
+    assert isinstance(read, payloads.ShipmentScheduledV1) and read.country == "QQ"
+    with pytest.raises(ValidationError):  # the schema's own pattern still holds
+        registry.read("order.shipment_scheduled", 1, data | {"country": "q"})
