@@ -7,9 +7,10 @@ import asyncio
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 
@@ -27,8 +28,9 @@ class Saga3:
         return oid
 
 
-async def run_bare(client: Client, n: int) -> float:
-    """N workflows through a fresh worker, as the anchor does; returns workflows per second."""
+async def run_bare(client: Client, n: int) -> tuple[float, list[float]]:
+    """N workflows through a fresh worker, as the anchor does; returns workflows per second, and
+    each workflow's seconds from its start call to its result."""
     tq = "bare-" + uuid.uuid4().hex[:6]
     async with Worker(
         client,
@@ -39,12 +41,19 @@ async def run_bare(client: Client, n: int) -> float:
         max_concurrent_activities=200,
     ):
         await client.execute_workflow(Saga3.run, "w", id=f"w-{uuid.uuid4()}", task_queue=tq)
+
+        async def start(i: int) -> tuple[WorkflowHandle[Any, str], float]:
+            began = time.perf_counter()
+            h = await client.start_workflow(
+                Saga3.run, str(i), id=f"b-{uuid.uuid4()}", task_queue=tq
+            )
+            return h, began
+
+        async def finish(h: WorkflowHandle[Any, str], began: float) -> float:
+            await h.result()
+            return time.perf_counter() - began
+
         t = time.perf_counter()
-        hs = await asyncio.gather(
-            *[
-                client.start_workflow(Saga3.run, str(i), id=f"b-{uuid.uuid4()}", task_queue=tq)
-                for i in range(n)
-            ]
-        )
-        await asyncio.gather(*[h.result() for h in hs])
-        return n / (time.perf_counter() - t)
+        hs = await asyncio.gather(*[start(i) for i in range(n)])
+        latencies = await asyncio.gather(*[finish(h, began) for h, began in hs])
+        return n / (time.perf_counter() - t), latencies

@@ -38,7 +38,9 @@ IN_FLIGHT = 64  # concurrent POSTs, as many clients would send
 
 async def run_ours(
     api: httpx.AsyncClient, bases: list[str], settings: Settings, n: int, sku: str
-) -> tuple[float, dict[str, int]]:
+) -> tuple[float, dict[str, int], list[float]]:
+    """N orders through the APIs, at most IN_FLIGHT POSTs at a time; returns sagas per second,
+    the outcomes, and each order's seconds from its POST to its saga's end."""
     client = await connect_temporal(settings)
     gate = asyncio.Semaphore(IN_FLIGHT)
     body = {
@@ -54,21 +56,32 @@ async def run_ours(
         "payment": {"token": "tok_visa"},
     }
 
-    async def one(i: int) -> str:
+    async def one(i: int) -> tuple[str, float]:
         async with gate:
+            began = time.perf_counter()
             response = await api.post(f"{bases[i % len(bases)]}/orders", json=body)
             response.raise_for_status()
             order_id: str = response.json()["order_id"]
         result = await client.get_workflow_handle(workflow_id(order_id)).result()
-        return str(result["status"])
+        return str(result["status"]), time.perf_counter() - began
 
     t = time.perf_counter()
-    statuses = await asyncio.gather(*[one(i) for i in range(n)])
+    ends = await asyncio.gather(*[one(i) for i in range(n)])
     rate = n / (time.perf_counter() - t)
     counts: dict[str, int] = {}
-    for s in statuses:
+    for s, _ in ends:
         counts[s] = counts.get(s, 0) + 1
-    return rate, counts
+    return rate, counts, [seconds for _, seconds in ends]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50 and p99 of latencies, in milliseconds."""
+    ordered = sorted(seconds)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+    return {"p50": pick(0.5), "p99": pick(0.99)}
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -167,13 +180,18 @@ async def main(n: int, rounds: int, read_side: bool, copies: int, nats_nodes: in
                 ours: list[float] = []
                 cpu_bare: list[dict[str, float]] = []
                 cpu_ours: list[dict[str, float]] = []
+                latency_bare: list[dict[str, float]] = []
+                latency_ours: list[dict[str, float]] = []
                 for r in range(rounds):
                     t0 = cpu_seconds(stack)
-                    bare.append(await run_bare(client, n))
+                    bare_rate, bare_seconds = await run_bare(client, n)
                     t1 = cpu_seconds(stack)
-                    rate, counts = await run_ours(api, bases, resolved, n, sku)
+                    rate, counts, seconds = await run_ours(api, bases, resolved, n, sku)
                     t2 = cpu_seconds(stack)
+                    bare.append(bare_rate)
                     ours.append(rate)
+                    latency_bare.append(percentiles(bare_seconds))
+                    latency_ours.append(percentiles(seconds))
                     cpu_bare.append(per_saga_ms(t0, t1, n))
                     cpu_ours.append(per_saga_ms(t1, t2, n))
                     print(
@@ -196,6 +214,15 @@ async def main(n: int, rounds: int, read_side: bool, copies: int, nats_nodes: in
         print(f"  {k:<10} bare {cpu['bare'][k]:>7.1f}   ours {cpu['ours'][k]:>7.1f}")
     print(f"  {'total':<10} bare {sum(cpu['bare'].values()):>7.1f}   "
           f"ours {sum(cpu['ours'].values()):>7.1f}")  # fmt: skip
+    latency = {
+        side: {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99")}
+        for side, runs in (("bare", latency_bare), ("ours", latency_ours))
+    }
+    print(
+        "latency, start (bare) or POST /orders (ours) to the saga's end (median of rounds): "
+        f"bare p50 {latency['bare']['p50']} ms, p99 {latency['bare']['p99']} ms; "
+        f"ours p50 {latency['ours']['p50']} ms, p99 {latency['ours']['p99']} ms"
+    )
     print(
         f"median: bare {b:.1f} workflows/s, ours {o:.1f} sagas/s, ratio {o / b:.2f} (goal {GOAL})"
     )
@@ -221,6 +248,7 @@ async def main(n: int, rounds: int, read_side: bool, copies: int, nats_nodes: in
                 "bare_runs": [round(x, 2) for x in bare],
                 "relay_lag_ms": {k: v for k, v in lag.items() if k != "events"},
                 "cpu_ms_per_saga": cpu,
+                "latency_ms": latency,
             }
         )
     )
