@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -73,7 +72,13 @@ def dev(
         await stack.stop()
         typer.echo("stopped.")
 
-    asyncio.run(main())
+    _loop(main())
+
+
+def _loop(main: Coroutine[Any, Any, T]) -> T:
+    from ordersaga import runtime
+
+    return runtime.run(main)
 
 
 def _fail(message: str) -> int:
@@ -86,7 +91,7 @@ def worker() -> None:
     """Run the Temporal worker (saga workflow and participant activities)."""
     from activities import worker as worker_process
 
-    asyncio.run(worker_process.run(_settings()))
+    _loop(worker_process.run(_settings()))
 
 
 relay_app = typer.Typer(
@@ -102,7 +107,7 @@ def relay(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
         from ordersaga import relay as relay_process
 
-        asyncio.run(relay_process.run(_settings()))
+        _loop(relay_process.run(_settings()))
 
 
 @relay_app.command("status")
@@ -122,7 +127,7 @@ def projector() -> None:
     model on them (run several for scale-out; they rebalance as they come and go)."""
     from projections import runner
 
-    asyncio.run(runner.run(_settings()))
+    _loop(runner.run(_settings()))
 
 
 @app.command()
@@ -140,7 +145,7 @@ def notifier() -> None:
                 "ordersaga keys create --role client --name notifier"
             )
         )
-    asyncio.run(notifier_process.run(settings))
+    _loop(notifier_process.run(settings))
 
 
 @app.command()
@@ -188,7 +193,7 @@ def _run(main: Callable[[Resources], Awaitable[T]], name: str = "cli") -> T:
         async with runtime.open_resources(settings, name) as res:
             return await main(res)
 
-    return asyncio.run(opened())
+    return _loop(opened())
 
 
 def _saga(call: Callable[[SagaClient], Awaitable[SagaState]]) -> None:
@@ -357,7 +362,7 @@ def events_tail(
         query = tail.TailQuery.parse(settings, order, type_, since)
     except ValueError as error:
         raise typer.Exit(_fail(str(error))) from error
-    asyncio.run(tail.tail(settings, query, count, as_json, typer.echo))
+    _loop(tail.tail(settings, query, count, as_json, typer.echo))
 
 
 keys_app = typer.Typer(help="API keys: who may call the API, as a client or an operator.")
