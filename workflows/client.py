@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from ordersaga.domain import (
     CUSTOMER_ID,
     ORDER_STATUS,
+    SAGA_REVISION,
     Order,
     OrderStatus,
     SagaInput,
@@ -51,7 +52,7 @@ class SagaClient:
         try:
             await self._client.start_workflow(
                 OrderSaga.run,
-                SagaInput(order, policy),
+                SagaInput(order, policy, SAGA_REVISION),
                 id=workflow_id(order.order_id),
                 task_queue=self._task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

@@ -46,6 +46,13 @@ STATUS_AFTER = {
     Step.SHIPPING: OrderStatus.PAYMENT_CAPTURED,
 }
 
+# A step's progress: the `OrderStatus` search attribute does not follow it from revision 2 on.
+# Each upsert is a history event and a visibility write on the Temporal server (bench/saga_e2e.py
+# shows the server's CPU per saga); an operator filters on the outcome, on COMPENSATING and on
+# REQUIRES_ATTENTION, and sees a step in progress as the pending activity, in the `status` query
+# and in the read model.
+STEP_STATUSES = frozenset({OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CAPTURED})
+
 T = TypeVar("T")
 
 
@@ -81,12 +88,14 @@ class OrderSaga:
         self._retry_requested = False
         self._attention_error: str | None = None
         self._policy = SagaPolicy()
+        self._revision = 1
 
     @workflow.run
     async def run(self, saga: SagaInput) -> SagaState:
         order = saga.order
         self._order_id = order.order_id
         self._policy = saga.policy
+        self._revision = saga.revision
         await self._record(payloads.placed(order))
 
         attempted: list[Step] = []
@@ -253,6 +262,8 @@ class OrderSaga:
         if status == self._status:
             return  # each upsert is a visibility write on the server: only on a change
         self._status = status
+        if self._revision >= 2 and status in STEP_STATUSES:
+            return
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
 
 

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from ordersaga.contracts import registry
 from ordersaga.devstack import StackError, find_tool
 from ordersaga.domain import (
+    SAGA_REVISION,
     SEARCH_ATTRIBUTES,
     Address,
     Order,
@@ -148,6 +149,7 @@ async def start_saga(
     body: Callable[[Handle], Awaitable[None]] | None = None,
     workflow: type = OrderSaga,
     extra: Sequence[Callable[..., object]] = (),
+    revision: int = SAGA_REVISION,
 ) -> tuple[Handle, SagaState]:
     """Run one saga on a fresh task queue (with `workflow`, the class registered as `OrderSaga`,
     and `extra` activities beside the stand-ins) to its end; `body` acts on it meanwhile (a
@@ -158,7 +160,7 @@ async def start_saga(
     async with Worker(client, task_queue=queue, workflows=[workflow], activities=activities):
         handle = await client.start_workflow(
             OrderSaga.run,
-            SagaInput(order, POLICY),
+            SagaInput(order, POLICY, revision),
             id=workflow_id(order.order_id),
             task_queue=queue,
         )

@@ -7,6 +7,7 @@ and timers cost no wall time; elsewhere on a local dev server from the `temporal
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,15 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from ordersaga.domain import CancelReason, OrderStatus
-from tests.workflows.standins import POLICY, Handle, Participants, run_saga, start_env, until
+from tests.workflows.standins import (
+    POLICY,
+    Handle,
+    Participants,
+    run_saga,
+    start_env,
+    start_saga,
+    until,
+)
 from workflows.order_saga import OrderSaga
 
 
@@ -37,6 +46,34 @@ async def test_happy_path_runs_the_steps_in_order_and_confirms(env: WorkflowEnvi
     ]
     assert state.version == 5
     assert state.completed_steps == ["inventory", "payment", "shipping"]
+
+
+async def upserted_statuses(handle: Handle) -> list[str]:
+    """The `OrderStatus` values the saga upserted, in order (the start's PENDING not included)."""
+    statuses = []
+    async for event in handle.fetch_history_events():
+        if event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+            if "OrderStatus" in fields.indexed_fields:
+                statuses.append(json.loads(fields.indexed_fields["OrderStatus"].data))
+    return statuses
+
+
+@pytest.mark.parametrize(
+    ("revision", "declined", "upserted"),
+    [
+        (1, False, ["INVENTORY_RESERVED", "PAYMENT_CAPTURED", "CONFIRMED"]),
+        (2, False, ["CONFIRMED"]),
+        (2, True, ["COMPENSATING", "CANCELLED"]),
+    ],
+)
+async def test_the_search_attribute_follows_steps_only_for_sagas_of_revision_1(
+    env: WorkflowEnvironment, revision: int, declined: bool, upserted: list[str]
+) -> None:
+    p = Participants(business_failure={"capture_payment": "PaymentDeclined"} if declined else {})
+    handle, state = await start_saga(env.client, p, revision=revision)
+    assert state.status == (OrderStatus.CANCELLED if declined else OrderStatus.CONFIRMED)
+    assert await upserted_statuses(handle) == upserted
 
 
 async def test_declined_payment_releases_only_the_inventory(env: WorkflowEnvironment) -> None:

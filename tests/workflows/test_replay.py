@@ -5,7 +5,9 @@ replay against the current `OrderSaga` without a non-determinism error.
 attempt-count retry policy, before the relay). `histories/typed-payloads/`: every path of the
 saga (each refusal, a customer's cancel, Temporal's cancel, a flaky payment, a step out of
 retries, a compensation that required attention and was retried), recorded when the payloads
-became typed (`python -m tests.workflows.record_histories <folder>`).
+became typed (`python -m tests.workflows.record_histories <folder>`). `histories/step-status-off/`:
+every path again at revision 2 of `SagaInput` (the search attribute no longer follows a step's
+progress), the revision new sagas start with.
 
 When a change to the workflow fails this test, guard it with `workflow.patched(...)`
 (`changed_saga.py` and `test_patching.py` work one change through); record the new code's
@@ -43,4 +45,6 @@ async def test_a_recorded_saga_replays_on_the_current_workflow(name: str) -> Non
 
 
 def test_the_recorded_paths_are_there() -> None:
-    assert set(HISTORIES) >= {"happy", "declined"} | {f"typed-payloads/{p}" for p in PATHS}
+    assert set(HISTORIES) >= {"happy", "declined"} | {
+        f"{folder}/{p}" for folder in ("typed-payloads", "step-status-off") for p in PATHS
+    }
