@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.participants import PostgresInventory, PostgresPayments, PostgresShipping
 from activities.saga import OrderActivities
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "worker") as res:
-        engine = await res.engine()
+        # No ping per checkout: a participant call on a dead connection fails its activity,
+        # which Temporal retries, and the pool replaces connections after a disconnect.
+        engine = await res.engine(pre_ping=False)
         activities = OrderActivities(
             await res.store(),
             PostgresInventory(engine),
@@ -40,6 +43,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             max_concurrent_activities=settings.temporal.max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.temporal.max_concurrent_workflow_tasks,
             max_concurrent_local_activities=settings.temporal.max_concurrent_activities,
+            workflow_runner=(
+                SandboxedWorkflowRunner()
+                if settings.temporal.workflow_sandbox
+                else UnsandboxedWorkflowRunner()
+            ),
         )
         async with worker:
             log.info("worker polling task queue %r", settings.temporal.task_queue)

@@ -13,6 +13,7 @@ Two streams:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -306,16 +307,28 @@ def _plain(value: object) -> object:
 
 
 async def batches(
-    sub: JetStreamContext.PullSubscription, size: int, stop: asyncio.Event, wait: float = 1.0
+    sub: JetStreamContext.PullSubscription,
+    size: int,
+    stop: asyncio.Event,
+    wait: float = 1.0,
+    linger: float = 0.0,
 ) -> AsyncIterator[list[Msg]]:
     """Fetched batches of a pull subscription until `stop` is set; an empty wait yields nothing
-    (nats-py's `fetch` raises a timeout instead of returning `[]`)."""
+    (nats-py's `fetch` raises a timeout instead of returning `[]`).
+
+    `linger`: after a batch that was not full, wait this long before the next fetch, so that
+    what arrives meanwhile comes as one batch instead of one fetch (and one transaction of the
+    consumer) per message. A full batch is followed at once: a backlog is never slowed down.
+    """
     while not stop.is_set():
         try:
             msgs = await sub.fetch(size, timeout=wait)
         except (nats.errors.TimeoutError, TimeoutError):
             continue
         yield msgs
+        if linger > 0 and len(msgs) < size:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), linger)
 
 
 # -- publishing ---------------------------------------------------------------------------------

@@ -129,6 +129,10 @@ class NatsSettings(BaseModel):
 
 class ProjectorSettings(BaseModel):
     batch: int = Field(default=256, ge=1, le=10_000)
+    # After a batch that was not full, how long a partition waits before fetching again: events
+    # that arrive meanwhile are applied in one transaction. The read models trail the bus by up
+    # to this much more; a backlog (full batches) is fetched without waiting.
+    linger_s: float = Field(default=0.1, ge=0, le=5)
     # Deliveries of one event before it is dead-lettered; JetStream's own max_deliver is set a
     # little above, as a backstop.
     max_attempts: int = Field(default=5, ge=1)
@@ -176,6 +180,11 @@ class TemporalSettings(BaseModel):
     task_queue: str = "orders"
     max_concurrent_activities: int = 200
     max_concurrent_workflow_tasks: int = 200
+    # The worker runs the saga outside Temporal's sandbox, which costs about a quarter of its
+    # CPU per saga (bench/saga_e2e.py). Every workflow test and the replay of every recorded
+    # history run inside it (the SDK's default), so a call that breaks determinism fails in
+    # `make test`; turn it on here to have the worker check too.
+    workflow_sandbox: bool = False
 
 
 class ApiSettings(BaseModel):

@@ -249,7 +249,8 @@ class PartitionConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self._js.pull_subscribe_bind(self.durable, self._stream)
         try:
-            async for msgs in bus.batches(sub, self._settings.batch, stop):
+            feed = bus.batches(sub, self._settings.batch, stop, linger=self._settings.linger_s)
+            async for msgs in feed:
                 await self.handle([Delivery.of(m) for m in msgs])
         finally:
             await sub.unsubscribe()
