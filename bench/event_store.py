@@ -2,8 +2,12 @@
 a tailing reader's lag while writers run at full speed.
 
 The workload is shared/anchors/pg_append_bare.py's: 16 writers, a new stream per transaction
-with 4 events. The three are alternated on one embedded Postgres (started here), medians quoted.
-The last lines are JSON objects, one per ratio. Usage: python bench/event_store.py [--streams N]
+with 4 events. The three are alternated on one embedded Postgres (started here), medians quoted,
+on two kinds of disk: `durable` (each commit waits for its WAL flush, as configured) and
+`fast-disk` (`synchronous_commit = off`: commits do not wait for the flush, so the figures show
+what a machine whose fsync is cheap shows: the CPU each append costs). For each, the CPU per
+event of the writing client and of Postgres. The last lines are JSON objects, one per ratio and
+disk. Usage: python bench/event_store.py [--streams N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from saga_e2e import cpu_seconds
 
 from ordersaga.db import create_pool
 from ordersaga.devstack import DevStack, isolated_settings
@@ -170,7 +178,25 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
 
 
+GOAL_RAW, GOAL_PEER = 0.9, 4.0
+# synchronous_commit per kind of disk (see the module docstring).
+DISKS = {"durable": "on", "fast-disk": "off"}
+
+
+def cpu_us_per_event(
+    before: dict[str, float], after: dict[str, float], children: float, events: int
+) -> dict[str, float]:
+    """CPU microseconds per event: Postgres (server and backends), and the writing client
+    (this process, or the `eventsourcing` child whose CPU is `children`)."""
+    client = children if children else after["bench"] - before["bench"]
+    return {
+        "client": round(client * 1e6 / events, 1),
+        "postgres": round((after["postgres"] - before["postgres"]) * 1e6 / events, 1),
+    }
+
+
 async def main(n_streams: int, rounds: int) -> None:
+    events = 4 * n_streams
     with tempfile.TemporaryDirectory(prefix="ordersaga-bench-") as data:
         stack = DevStack(isolated_settings(Path(data)), apps=False, servers=("postgres",))
         settings = await stack.start()
@@ -179,43 +205,77 @@ async def main(n_streams: int, rounds: int) -> None:
         admin = await asyncpg.connect(dsn)
         await admin.execute("DROP DATABASE IF EXISTS es_bench")
         await admin.execute("CREATE DATABASE es_bench")
-        await admin.close()
-        results: dict[str, list[float]] = {"raw": [], "ours": [], "eventsourcing": []}
+        rates: dict[str, dict[str, list[float]]] = {}
+        cpu: dict[str, dict[str, list[dict[str, float]]]] = {}
         all_lags: list[float] = []
         try:
             await run_ours(settings, 200, measure_lag=False)  # warm-up
-            for r in range(rounds):
-                results["raw"].append(await run_raw(dsn, n_streams))
-                rate, _ = await run_ours(settings, n_streams, measure_lag=False)
-                results["ours"].append(rate)
-                # Lag in a run of its own: the reader shares the 2 cores with the writers, and
-                # the throughput figures compare writers alone, as the anchors measure them.
-                _, lags = await run_ours(settings, n_streams, measure_lag=True)
-                all_lags += lags
-                es = await asyncio.to_thread(run_eventsourcing, port, n_streams, "es_bench")
-                results["eventsourcing"].append(es)
-                print(
-                    f"round {r + 1}: raw {results['raw'][-1]:.0f}, ours {rate:.0f}, "
-                    f"eventsourcing {es:.0f} events/s; reader lag p99 {p99(lags) * 1000:.1f} ms",
-                    flush=True,
-                )
+            for disk, synchronous_commit in DISKS.items():
+                await admin.execute(f"ALTER SYSTEM SET synchronous_commit = {synchronous_commit}")
+                await admin.execute("SELECT pg_reload_conf()")
+                rates[disk] = {"raw": [], "ours": [], "eventsourcing": []}
+                cpu[disk] = {"raw": [], "ours": [], "eventsourcing": []}
+                for r in range(rounds):
+                    t0 = cpu_seconds(stack)
+                    raw = await run_raw(dsn, n_streams)
+                    t1 = cpu_seconds(stack)
+                    ours, _ = await run_ours(settings, n_streams, measure_lag=False)
+                    t2 = cpu_seconds(stack)
+                    # Lag in a run of its own: the reader shares the 2 cores with the writers,
+                    # and the throughput figures compare writers alone, as the anchors do.
+                    if disk == "durable":
+                        _, lags = await run_ours(settings, n_streams, measure_lag=True)
+                        all_lags += lags
+                    children = os.times().children_user + os.times().children_system
+                    t3 = cpu_seconds(stack)
+                    es = await asyncio.to_thread(run_eventsourcing, port, n_streams, "es_bench")
+                    t4 = cpu_seconds(stack)
+                    es_cpu = os.times().children_user + os.times().children_system - children
+                    for name, rate, used in (
+                        ("raw", raw, cpu_us_per_event(t0, t1, 0.0, events)),
+                        ("ours", ours, cpu_us_per_event(t1, t2, 0.0, events)),
+                        ("eventsourcing", es, cpu_us_per_event(t3, t4, es_cpu, events)),
+                    ):
+                        rates[disk][name].append(rate)
+                        cpu[disk][name].append(used)
+                    print(
+                        f"{disk} round {r + 1}: raw {raw:.0f}, ours {ours:.0f}, "
+                        f"eventsourcing {es:.0f} events/s",
+                        flush=True,
+                    )
+            await admin.execute("ALTER SYSTEM RESET synchronous_commit")
+            await admin.execute("SELECT pg_reload_conf()")
             loads = await snapshot_loads(settings)
         finally:
+            await admin.close()
             await stack.stop()
-    raw, ours, peer = (statistics.median(results[k]) for k in ("raw", "ours", "eventsourcing"))
-    lag_ms = p99(all_lags) * 1000
-    print(
-        f"median events/s: raw {raw:.0f}, ours {ours:.0f}, eventsourcing {peer:.0f}; "
-        f"ours/raw {ours / raw:.2f} (goal 0.8), ours/eventsourcing {ours / peer:.2f} (goal 3); "
-        f"reader lag p99 {lag_ms:.1f} ms over {len(all_lags)} events (goal < 100)"
-    )
     common: dict[str, Any] = {"unit": "events/s", "streams_per_round": n_streams, "rounds": rounds}
-    for name, bare, goal in (
-        ("event_store_vs_raw", raw, 0.8),
-        ("event_store_vs_eventsourcing", peer, 3.0),
-    ):
-        print(json.dumps({"bench": name, **common, "ours": round(ours), "bare": round(bare),
-                          "ratio": round(ours / bare, 3), "goal": goal}))  # fmt: skip
+    for disk in DISKS:
+        raw, ours, peer = (
+            statistics.median(rates[disk][k]) for k in ("raw", "ours", "eventsourcing")
+        )
+        used = {
+            name: {k: statistics.median(run[k] for run in runs) for k in ("client", "postgres")}
+            for name, runs in cpu[disk].items()
+        }
+        print(
+            f"{disk}: median events/s raw {raw:.0f}, ours {ours:.0f}, eventsourcing {peer:.0f}; "
+            f"ours/raw {ours / raw:.2f} (goal {GOAL_RAW}), "
+            f"ours/eventsourcing {ours / peer:.2f} (goal {GOAL_PEER})"
+        )
+        print(f"{disk}: CPU us per event (median of rounds), client + postgres:")
+        for name, u in used.items():
+            print(f"  {name:<14} {u['client']:>7.1f} + {u['postgres']:>7.1f} = "
+                  f"{u['client'] + u['postgres']:>7.1f}")  # fmt: skip
+        for name, bare, goal in (
+            ("event_store_vs_raw", raw, GOAL_RAW),
+            ("event_store_vs_eventsourcing", peer, GOAL_PEER),
+        ):
+            print(json.dumps({"bench": name, "disk": disk, **common, "ours": round(ours),
+                              "bare": round(bare), "ratio": round(ours / bare, 3), "goal": goal,
+                              "cpu_us_per_event": used}))  # fmt: skip
+    lag_ms = p99(all_lags) * 1000
+    print(f"reader lag p99 {lag_ms:.1f} ms over {len(all_lags)} events (goal < 100)")
     print(
         f"load with snapshots every 100: 10 events {loads['load_10_ms']:.2f} ms, 10,000 events "
         f"{loads['load_10000_ms']:.2f} ms (reading all 10,000: {loads['replay_10000_ms']:.1f} ms)"

@@ -4,11 +4,11 @@ feed that never skips a late commit, snapshots and upcasting.
 Contract
 --------
 - `append(stream_id, events, expected_version)` writes the events at the versions after the
-  stream's current one, in one call to the `eventstore.append` function (one statement, one round
-  trip). `expected_version` is the version the stream must be at (`NO_STREAM` = 0: it must not
-  exist) or `ANY`. A clash raises `ConcurrencyError` naming both versions, before anything is
-  inserted, so the losing writer burns no global position. Writers of different streams do not
-  wait for each other.
+  stream's current one, in one call to the `eventstore.append_events` function (one statement,
+  one round trip). `expected_version` is the version the stream must be at (`NO_STREAM` = 0:
+  it must not exist) or `ANY`. A clash raises `ConcurrencyError` naming both versions, before
+  anything is inserted, so the losing writer burns no global position. Writers of different
+  streams do not wait for each other.
 - Appending events whose ids are all stored already, with the same stream, versions, types and
   data, is a no-op that returns the stored records (activities are retried). The same id with
   other content raises `EventIdConflict`.
@@ -142,15 +142,10 @@ _COLUMNS = (
     "position, stream_id, version, event_id::text AS event_id, event_type, schema_version, "
     "data, metadata, occurred_at, tx_id::text::bigint AS tx_id"
 )
-# Rows this very statement inserted come back without their data (the caller has it); rows of an
-# earlier append (a retry) come back whole, so that the caller can compare them.
+# The caller has each event's data: only what the store assigned comes back.
 _APPEND = (
-    "SELECT position, stream_id, version, event_id::text AS event_id, event_type, "
-    "schema_version, occurred_at, tx_id::text::bigint AS tx_id, "
-    "tx_id = pg_current_xact_id_if_assigned() AS fresh, "
-    "CASE WHEN tx_id = pg_current_xact_id_if_assigned() THEN NULL ELSE data END AS data, "
-    "CASE WHEN tx_id = pg_current_xact_id_if_assigned() THEN NULL ELSE metadata END AS metadata "
-    "FROM eventstore.append($1, $2, $3, $4, $5, $6, $7)"
+    "SELECT position, version, occurred_at, tx_id::text::bigint AS tx_id "
+    "FROM eventstore.append_events($1, $2, $3, $4, $5, $6, $7)"
 )
 _BY_IDS = f"SELECT {_COLUMNS} FROM eventstore.events WHERE event_id = ANY($1::uuid[])"
 _STREAM = (
@@ -242,18 +237,20 @@ class EventStore:
         args = (
             stream_id,
             expected_version,
-            [uuid.UUID(e.event_id) for e in events],
+            [e.event_id for e in events],  # asyncpg parses the text itself
             [e.event_type for e in events],
             [e.schema_version for e in events],
             [json.dumps(e.data) for e in events],
-            [json.dumps(e.metadata) for e in events],
+            [json.dumps(e.metadata) if e.metadata else "{}" for e in events],
         )
         try:
             async with self._connection() as conn:
                 rows = await conn.fetch(_APPEND, *args)
         except asyncpg.PostgresError as error:
+            # A retried append whose first attempt is stored: the stream is past the expected
+            # version, or (expecting ANY) an event id is taken. Then it is a no-op if the stored
+            # events are this very batch.
             if error.sqlstate == _CONCURRENCY_SQLSTATE:
-                # A concurrent retry of this very batch may have won: then it is a no-op.
                 stored = await self._by_ids([e.event_id for e in events])
                 if not stored:
                     actual = int(getattr(error, "detail", None) or 0)
@@ -263,26 +260,24 @@ class EventStore:
                 stored = await self._by_ids([e.event_id for e in events])
                 return self._same_or_conflict(stream_id, events, stored)
             raise
-        if rows and all(r["fresh"] for r in rows) and len(rows) == len(events):
-            self._wake_subscribers()
-            by_id = {e.event_id: e for e in events}
-            return [
-                StoredEvent(
-                    position=r["position"],
-                    stream_id=stream_id,
-                    version=r["version"],
-                    event_id=r["event_id"],
-                    event_type=r["event_type"],
-                    schema_version=r["schema_version"],
-                    data=by_id[r["event_id"]].data,
-                    metadata=by_id[r["event_id"]].metadata,
-                    occurred_at=r["occurred_at"],
-                    tx_id=r["tx_id"],
-                )
-                for r in sorted(rows, key=lambda r: r["version"])
-            ]
-        # A retry: the stored events must be this very batch.
-        return self._same_or_conflict(stream_id, events, {r["event_id"]: _event(r) for r in rows})
+        self._wake_subscribers()
+        # The function inserts the batch in order at consecutive versions.
+        rows = sorted(rows, key=lambda r: r["version"])
+        return [
+            StoredEvent(
+                position=r["position"],
+                stream_id=stream_id,
+                version=r["version"],
+                event_id=e.event_id,
+                event_type=e.event_type,
+                schema_version=e.schema_version,
+                data=e.data,
+                metadata=e.metadata,
+                occurred_at=r["occurred_at"],
+                tx_id=r["tx_id"],
+            )
+            for r, e in zip(rows, events, strict=True)
+        ]
 
     @staticmethod
     def _same_or_conflict(
