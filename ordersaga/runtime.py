@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -166,11 +166,17 @@ class Resources:
             self._temporal = client
         return self._temporal
 
-    async def check_servers(self) -> None:
-        """Check Postgres, NATS and Temporal now, before anything else touches them."""
-        await self.pool(size=1)
-        await self.nats()
-        await self.temporal()
+    async def check_servers(
+        self, servers: Collection[str] = ("postgres", "nats", "temporal")
+    ) -> None:
+        """Check `servers` (by default Postgres, NATS and Temporal) now, before anything else
+        touches them."""
+        if "postgres" in servers:
+            await self.pool(size=1)
+        if "nats" in servers:
+            await self.nats()
+        if "temporal" in servers:
+            await self.temporal()
 
     async def enter(self, context: AbstractAsyncContextManager[T]) -> T:
         """Enter a context of the process's own; it is exited with the rest, in reverse order."""

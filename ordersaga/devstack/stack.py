@@ -245,7 +245,9 @@ class DevStack:
 
         try:
             async with runtime.open_resources(self.settings, "dev") as res:
-                await res.check_servers()
+                # Only the servers this stack runs: a stack of Postgres alone (a benchmark's)
+                # has no NATS to reach, and the client would retry it for ever.
+                await res.check_servers(self.servers)
         except versions.UnsupportedServer as error:
             raise StackError(str(error)) from None
 
