@@ -114,6 +114,7 @@ async def run_ours(
         await asyncio.wait_for(reader, timeout=60)
         # Lag: from the append call's return to the reader's sight of it (0 if it saw it first).
         lags = [max(0.0, seen_at[i] - appended_at[i]) for i in appended_at]
+    await store.close()
     await pool.close()
     return total / dt, lags
 
@@ -170,6 +171,7 @@ async def snapshot_loads(settings: Settings) -> dict[str, float]:
         )
         if length == 10_000:
             result["replay_10000_ms"] = await timed(lambda s=s: store.read_stream(s))
+    await store.close()
     await pool.close()
     return result
 
@@ -178,7 +180,7 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
 
 
-GOAL_RAW, GOAL_PEER = 0.9, 4.0
+GOAL_RAW, GOAL_PEER = 0.9, 4.0  # issue 12
 # synchronous_commit per kind of disk (see the module docstring).
 DISKS = {"durable": "on", "fast-disk": "off"}
 
@@ -254,7 +256,7 @@ async def main(n_streams: int, rounds: int) -> None:
         raw, ours, peer = (
             statistics.median(rates[disk][k]) for k in ("raw", "ours", "eventsourcing")
         )
-        used = {
+        per_event = {
             name: {k: statistics.median(run[k] for run in runs) for k in ("client", "postgres")}
             for name, runs in cpu[disk].items()
         }
@@ -264,7 +266,7 @@ async def main(n_streams: int, rounds: int) -> None:
             f"ours/eventsourcing {ours / peer:.2f} (goal {GOAL_PEER})"
         )
         print(f"{disk}: CPU us per event (median of rounds), client + postgres:")
-        for name, u in used.items():
+        for name, u in per_event.items():
             print(f"  {name:<14} {u['client']:>7.1f} + {u['postgres']:>7.1f} = "
                   f"{u['client'] + u['postgres']:>7.1f}")  # fmt: skip
         for name, bare, goal in (
@@ -273,7 +275,7 @@ async def main(n_streams: int, rounds: int) -> None:
         ):
             print(json.dumps({"bench": name, "disk": disk, **common, "ours": round(ours),
                               "bare": round(bare), "ratio": round(ours / bare, 3), "goal": goal,
-                              "cpu_us_per_event": used}))  # fmt: skip
+                              "cpu_us_per_event": per_event}))  # fmt: skip
     lag_ms = p99(all_lags) * 1000
     print(f"reader lag p99 {lag_ms:.1f} ms over {len(all_lags)} events (goal < 100)")
     print(
