@@ -176,9 +176,8 @@ async def get_order(
     if min_version is not None and row["version"] < min_version:
 
         async def reached() -> bool:
-            nonlocal row
-            row = await _order(ctx, str(order_id)) or row
-            return bool(row["version"] >= min_version)
+            version = await queries.order_version(ctx.pool, str(order_id))
+            return version is not None and version >= min_version
 
         try:
             reached_in_time = await ctx.watch.wait_for(
@@ -186,6 +185,7 @@ async def get_order(
             )
         except TooManyWaits as error:
             raise Busy(str(error)) from error
+        row = await _order(ctx, str(order_id)) or row
         if not reached_in_time:
             response.headers[STALE_HEADER] = "true"
             if await queries.dead_lettered(ctx.engine, "orders", str(order_id)):
