@@ -132,7 +132,7 @@ class ProjectorSettings(BaseModel):
     # After a batch that was not full, how long a partition waits before fetching again: events
     # that arrive meanwhile are applied in one transaction. The read models trail the bus by up
     # to this much more; a backlog (full batches) is fetched without waiting.
-    linger_s: float = Field(default=0.1, ge=0, le=5)
+    linger_s: float = Field(default=0.05, ge=0, le=5)
     # Deliveries of one event before it is dead-lettered; JetStream's own max_deliver is set a
     # little above, as a backstop.
     max_attempts: int = Field(default=5, ge=1)
