@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
@@ -72,7 +73,10 @@ def dev(
         await stack.stop()
         typer.echo("stopped.")
 
-    _loop(main())
+    # asyncio's own loop: the supervisor starts Postgres as an unprivileged user when run as
+    # root, through subprocess arguments (user, group) that uvloop's process spawning refuses.
+    # It is no hot path; the processes it starts run on uvloop.
+    asyncio.run(main())
 
 
 def _loop(main: Coroutine[Any, Any, T]) -> T:
