@@ -142,6 +142,16 @@ class ProjectorSettings(BaseModel):
     # How often a projector process looks at who else runs and rebalances partitions.
     claim_interval_s: float = Field(default=1.0, gt=0)
 
+    @model_validator(mode="after")
+    def _linger_within_ack_wait(self) -> ProjectorSettings:
+        # Messages arrive on the open pull while a partition lingers, their ack wait running:
+        # a linger as long as the ack wait would have them delivered again (and counted).
+        if self.linger_s >= self.ack_wait_s:
+            raise ValueError(
+                f"linger_s ({self.linger_s}) must be shorter than ack_wait_s ({self.ack_wait_s})"
+            )
+        return self
+
 
 class RelaySettings(BaseModel):
     # Relays of one name share a lease and a checkpoint: one publishes, the others stand by.
