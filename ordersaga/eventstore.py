@@ -11,7 +11,8 @@ Contract
   streams do not wait for each other.
 - Appending events whose ids are all stored already, with the same stream, versions, types and
   data, is a no-op that returns the stored records (activities are retried). The same id with
-  other content raises `EventIdConflict`.
+  other content raises `EventIdConflict`. (Such a retry is recognised from the error its insert
+  gets; expecting `ANY`, that insert has drawn a global position, which stays unused.)
 - A store given `Upcasters` passes every event it reads through them: an old `schema_version`
   comes out in the current shape; an unknown type or version raises `UnknownEventError` with its
   global position. (Without them, events come out as stored.)
@@ -40,6 +41,7 @@ ANY: Final = -1
 
 NOTIFY_CHANNEL = "eventstore_appended"
 _CONCURRENCY_SQLSTATE = "OSC01"
+_STREAM_VERSION = "events_stream_version"  # the unique constraint on (stream_id, version)
 
 
 class ConcurrencyError(Exception):
@@ -257,6 +259,10 @@ class EventStore:
                     raise ConcurrencyError(stream_id, expected_version, actual) from None
                 return self._same_or_conflict(stream_id, events, stored)
             if isinstance(error, asyncpg.UniqueViolationError):
+                if error.constraint_name == _STREAM_VERSION:
+                    # Only a writer that went around the function's lock gets here.
+                    actual = await self.version(stream_id)
+                    raise ConcurrencyError(stream_id, expected_version, actual) from None
                 stored = await self._by_ids([e.event_id for e in events])
                 return self._same_or_conflict(stream_id, events, stored)
             raise
