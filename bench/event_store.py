@@ -186,11 +186,12 @@ DISKS = {"durable": "on", "fast-disk": "off"}
 
 
 def cpu_us_per_event(
-    before: dict[str, float], after: dict[str, float], children: float, events: int
+    before: dict[str, float], after: dict[str, float], events: int, client: float | None = None
 ) -> dict[str, float]:
-    """CPU microseconds per event: Postgres (server and backends), and the writing client
-    (this process, or the `eventsourcing` child whose CPU is `children`)."""
-    client = children if children else after["bench"] - before["bench"]
+    """CPU microseconds per event of Postgres (server and backends) and of the writing client:
+    this process, unless `client` gives the seconds of another (the `eventsourcing` child)."""
+    if client is None:
+        client = after["bench"] - before["bench"]
     return {
         "client": round(client * 1e6 / events, 1),
         "postgres": round((after["postgres"] - before["postgres"]) * 1e6 / events, 1),
@@ -234,9 +235,9 @@ async def main(n_streams: int, rounds: int) -> None:
                     t4 = cpu_seconds(stack)
                     es_cpu = os.times().children_user + os.times().children_system - children
                     for name, rate, used in (
-                        ("raw", raw, cpu_us_per_event(t0, t1, 0.0, events)),
-                        ("ours", ours, cpu_us_per_event(t1, t2, 0.0, events)),
-                        ("eventsourcing", es, cpu_us_per_event(t3, t4, es_cpu, events)),
+                        ("raw", raw, cpu_us_per_event(t0, t1, events)),
+                        ("ours", ours, cpu_us_per_event(t1, t2, events)),
+                        ("eventsourcing", es, cpu_us_per_event(t3, t4, events, es_cpu)),
                     ):
                         rates[disk][name].append(rate)
                         cpu[disk][name].append(used)

@@ -74,14 +74,15 @@ async def run_ours(
     return rate, counts, [seconds for _, seconds in ends]
 
 
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values (nearest rank), rounded to 0.1."""
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
 def percentiles(seconds: list[float]) -> dict[str, float]:
     """p50 and p99 of latencies, in milliseconds."""
-    ordered = sorted(seconds)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
-
-    return {"p50": pick(0.5), "p99": pick(0.99)}
+    ordered = sorted(s * 1000 for s in seconds)
+    return {"p50": quantile(ordered, 0.5), "p99": quantile(ordered, 0.99)}
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -151,11 +152,10 @@ async def relay_lag(settings: Settings) -> dict[str, float]:
     if not lags:
         raise RuntimeError("no published event of this run was found on JetStream")
     lags.sort()
-
-    def pick(q: float) -> float:
-        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1)
-
-    return {"events": len(lags), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}
+    return {
+        "events": len(lags),
+        **{f"{k}_ms": quantile(lags, q) for k, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+    }
 
 
 async def main(n: int, rounds: int, read_side: bool, copies: int, nats_nodes: int) -> None:
