@@ -17,6 +17,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from nats.aio.msg import Msg
@@ -34,44 +36,51 @@ log = logging.getLogger(__name__)
 # An observer sees what each committed batch applied (metrics, benchmarks).
 Observer = Callable[[str, Sequence[OrderEvent]], None]
 
-# One round trip: creates the orders' checkpoints or locks the existing ones (DO UPDATE takes
-# the row lock, waiting for a concurrent holder), and returns each order's version and its
-# lowest unresolved dead letter. Keys in sorted order, so that batches lock in the same order.
+# One round trip for every projection of a batch: creates the orders' checkpoints or locks the
+# existing ones (DO UPDATE takes the row lock, waiting for a concurrent holder), and returns each
+# one's version and the order's lowest unresolved dead letter of that projection. Locks are taken
+# projection by projection (in the order given), each's orders sorted, so batches lock alike.
 _LOCK_CHECKPOINTS = sa.text(
     """
     INSERT INTO projections.checkpoints AS c (order_id, projection, version)
-    SELECT o, :p, 0 FROM unnest(CAST(:ids AS text[])) AS o ORDER BY o
+    SELECT o, p.name, 0
+    FROM unnest(CAST(:ps AS text[])) WITH ORDINALITY AS p(name, n),
+         unnest(CAST(:ids AS text[])) AS o
+    ORDER BY p.n, o
     ON CONFLICT (order_id, projection) DO UPDATE SET version = c.version
-    RETURNING c.order_id, c.version,
+    RETURNING c.projection, c.order_id, c.version,
         (SELECT min(d.version) FROM projections.dead_letters AS d
           WHERE d.projection = c.projection AND d.order_id = c.order_id
             AND d.resolved_at IS NULL) AS blocked_at
     """
 )
-_MOVE_CHECKPOINTS = sa.text(
-    "UPDATE projections.checkpoints AS c SET version = n.version "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:versions AS integer[])) AS n(order_id, version) "
-    "WHERE c.order_id = n.order_id AND c.projection = :p"
-)
-_DISCARDED = sa.text(
-    "SELECT version FROM projections.dead_letters "
-    "WHERE projection = :p AND order_id = :o AND state = 'discarded'"
-)
-# The partition's progress, and (when something was applied) a NOTIFY that wakes
-# read-your-writes waiters once this transaction commits: one round trip.
-_PROGRESS = sa.text(
+# One round trip to end a batch: every projection's checkpoints moved; the partition's progress
+# of the projections in `ps` (none: an operator's retry, which moves no stream position); and a
+# NOTIFY per projection in `notify`, which wakes read-your-writes waiters once this transaction
+# commits. Data-modifying CTEs run to completion whether or not the outer query reads them.
+_FINISH = sa.text(
     f"""
     WITH moved AS (
+        UPDATE projections.checkpoints AS c SET version = n.version
+        FROM unnest(CAST(:mp AS text[]), CAST(:mo AS text[]), CAST(:mv AS integer[]))
+            AS n(projection, order_id, version)
+        WHERE c.order_id = n.order_id AND c.projection = n.projection
+        RETURNING 1),
+    progressed AS (
         INSERT INTO projections.progress AS g
             (projection, partition, stream_seq, event_time, applied_at)
-        VALUES (:p, :part, :seq, :at, now())
+        SELECT p, CAST(:part AS integer), CAST(:seq AS bigint), CAST(:at AS timestamptz), now()
+        FROM unnest(CAST(:ps AS text[])) AS p
         ON CONFLICT (projection, partition) DO UPDATE SET
             stream_seq = GREATEST(g.stream_seq, excluded.stream_seq),
             event_time = excluded.event_time, applied_at = now()
         RETURNING 1)
-    SELECT CASE WHEN CAST(:notify AS boolean) THEN pg_notify('{APPLIED_CHANNEL}', :p) END
-    FROM moved
+    SELECT pg_notify('{APPLIED_CHANNEL}', p) FROM unnest(CAST(:notify AS text[])) AS p
     """
+)
+_DISCARDED = sa.text(
+    "SELECT version FROM projections.dead_letters "
+    "WHERE projection = :p AND order_id = :o AND state = 'discarded'"
 )
 DEAD_LETTER = sa.text(
     "INSERT INTO projections.dead_letters (projection, order_id, version, event_id, event_type, "
@@ -87,6 +96,15 @@ class Outcome:
     held: list[OrderEvent]  # behind an unresolved dead letter of their order
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a batch reaches in its partition (the last delivery's stream position)."""
+
+    partition: int
+    seq: int
+    event_time: datetime
+
+
 class Applier:
     def __init__(self, projection: Projection, store: EventStore) -> None:
         self.projection = projection
@@ -100,26 +118,25 @@ class Applier:
 
         `release`: apply even for orders with an unresolved dead letter (an operator's retry).
         """
-        if not batch:
-            return Outcome([], [])
-        p = self.name
-        by_order: dict[str, dict[int, OrderEvent]] = defaultdict(dict)
-        for event in batch:
-            by_order[event.order_id][event.version] = event
-        ids = sorted(by_order)
-        found = (await conn.execute(_LOCK_CHECKPOINTS, {"p": p, "ids": ids})).all()
-        checkpoints = {r.order_id: int(r.version) for r in found}
-        # Per order with an unresolved dead letter, its lowest version: what comes before it
-        # still applies (a late event), what comes after it waits.
-        blocked: dict[str, int] = {}
-        if not release:
-            blocked = {r.order_id: int(r.blocked_at) for r in found if r.blocked_at is not None}
+        return (await apply_all(conn, [self], batch, release=release))[self.name]
+
+    async def _fold(
+        self,
+        conn: AsyncConnection,
+        by_order: dict[str, dict[int, OrderEvent]],
+        checkpoints: dict[str, int],
+        blocked: dict[str, int],
+    ) -> tuple[Outcome, dict[str, int]]:
+        """This projection's share of a batch whose checkpoints are locked: apply what is new,
+        in each order's version order. Returns the outcome and the orders' new checkpoints."""
         applied: list[OrderEvent] = []
         held: list[OrderEvent] = []
         moved: dict[str, int] = {}
-        for order_id in ids:
+        for order_id in sorted(by_order):
             versions = by_order[order_id]
             if order_id in blocked:
+                # What comes before the order's dead letter still applies (a late event), what
+                # comes after it waits.
                 held.extend(versions[v] for v in sorted(versions) if v >= blocked[order_id])
                 versions = {v: e for v, e in versions.items() if v < blocked[order_id]}
             done = checkpoints[order_id]
@@ -136,12 +153,7 @@ class Applier:
         wanted = [e for e in applied if e.event_type in self.projection.event_types]
         if wanted:
             await self.projection.apply(conn, wanted)
-        if moved:
-            await conn.execute(
-                _MOVE_CHECKPOINTS,
-                {"p": p, "ids": list(moved), "versions": list(moved.values())},
-            )
-        return Outcome(applied, held)
+        return Outcome(applied, held), moved
 
     async def _fill(
         self, conn: AsyncConnection, order_id: str, missing: list[int]
@@ -159,6 +171,63 @@ class Applier:
             absent = sorted(wanted - set(filled))
             raise ProjectionError(f"order {order_id}: versions {absent} are not in the event store")
         return filled
+
+
+async def apply_all(
+    conn: AsyncConnection,
+    appliers: Sequence[Applier],
+    batch: Sequence[OrderEvent],
+    *,
+    release: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Outcome]:
+    """Apply what is new in `batch` for every projection, inside the caller's transaction: one
+    round trip locks all their checkpoints, each projection folds its share, and one round trip
+    moves the checkpoints (and notes `progress`, if given, for every projection). A batch costs
+    the same two statements however many projections it feeds.
+
+    `release`: apply even for orders with an unresolved dead letter (an operator's retry).
+    """
+    by_order: dict[str, dict[int, OrderEvent]] = defaultdict(dict)
+    for event in batch:
+        by_order[event.order_id][event.version] = event
+    names = [a.name for a in appliers]
+    found: Sequence[sa.Row[Any]] = ()
+    if by_order:
+        lock = {"ps": names, "ids": sorted(by_order)}
+        found = (await conn.execute(_LOCK_CHECKPOINTS, lock)).all()
+    outcomes: dict[str, Outcome] = {}
+    moves: list[tuple[str, str, int]] = []
+    for applier in appliers:
+        mine = [r for r in found if r.projection == applier.name]
+        checkpoints = {r.order_id: int(r.version) for r in mine}
+        blocked: dict[str, int] = {}
+        if not release:
+            blocked = {r.order_id: int(r.blocked_at) for r in mine if r.blocked_at is not None}
+        outcome, moved = await applier._fold(conn, by_order, checkpoints, blocked)
+        outcomes[applier.name] = outcome
+        moves.extend((applier.name, order_id, version) for order_id, version in moved.items())
+    if moves or progress is not None:
+        params: dict[str, Any] = {
+            "mp": [m[0] for m in moves],
+            "mo": [m[1] for m in moves],
+            "mv": [m[2] for m in moves],
+            "ps": [],
+            "part": None,
+            "seq": None,
+            "at": None,
+            "notify": [],
+        }
+        if progress is not None:
+            params.update(
+                ps=names,
+                part=progress.partition,
+                seq=progress.seq,
+                at=progress.event_time,
+                notify=[n for n in names if outcomes[n].applied],
+            )
+        await conn.execute(_FINISH, params)
+    return outcomes
 
 
 @dataclass
@@ -275,33 +344,30 @@ class PartitionConsumer:
             await self._isolate(good)
 
     async def _apply(
-        self, conn: AsyncConnection, applier: Applier, deliveries: list[Delivery]
-    ) -> Outcome:
-        """One projection's share of the transaction: apply, park what waits, note progress."""
-        outcome = await applier.apply(conn, [d.event for d in deliveries if d.event is not None])
-        if outcome.held:
+        self, conn: AsyncConnection, appliers: Sequence[Applier], deliveries: list[Delivery]
+    ) -> dict[str, Outcome]:
+        """The projections' share of the transaction: apply, note progress, park what waits."""
+        last = max(deliveries, key=lambda d: d.seq)
+        assert last.event is not None
+        outcomes = await apply_all(
+            conn,
+            appliers,
+            [d.event for d in deliveries if d.event is not None],
+            progress=Progress(self.partition, last.seq, last.event.occurred_at),
+        )
+        for name, outcome in outcomes.items():
+            if not outcome.held:
+                continue
             held = {(e.order_id, e.version) for e in outcome.held}
             await conn.execute(
                 DEAD_LETTER,
                 [
-                    dead_letter_row(applier.name, d, "waiting behind a dead letter", "waiting")
+                    dead_letter_row(name, d, "waiting behind a dead letter", "waiting")
                     for d in deliveries
                     if d.event is not None and (d.event.order_id, d.event.version) in held
                 ],
             )
-        last = max(deliveries, key=lambda d: d.seq)
-        assert last.event is not None
-        await conn.execute(
-            _PROGRESS,
-            {
-                "p": applier.name,
-                "part": self.partition,
-                "seq": last.seq,
-                "at": last.event.occurred_at,
-                "notify": bool(outcome.applied),
-            },
-        )
-        return outcome
+        return outcomes
 
     def _observe(self, outcomes: dict[str, Outcome]) -> None:
         if self._observer is not None:
@@ -311,7 +377,7 @@ class PartitionConsumer:
 
     async def _commit(self, deliveries: list[Delivery]) -> None:
         async with self._engine.begin() as conn:
-            outcomes = {a.name: await self._apply(conn, a, deliveries) for a in self._appliers}
+            outcomes = await self._apply(conn, self._appliers, deliveries)
         for d in deliveries:
             await d.msg.ack()
         self._observe(outcomes)
@@ -324,7 +390,7 @@ class PartitionConsumer:
             for applier in self._appliers:
                 try:
                     async with conn.begin_nested():
-                        outcomes[applier.name] = await self._apply(conn, applier, [delivery])
+                        outcomes.update(await self._apply(conn, [applier], [delivery]))
                 except Exception as error:  # this projection waits; the others go on
                     failed[applier.name] = f"{type(error).__name__}: {error}"
         self._observe(outcomes)
