@@ -190,10 +190,12 @@ class PostgresPayments:
         return None if row is None else Payment(order_id, row.payment_id, row.amount, row.currency)
 
     async def capture(self, order_id: str, token: str, amount: int, currency: str) -> Payment:
-        async with self._engine.begin() as conn:
-            done = await self._find(conn, order_id, "CAPTURE")
-        if done is not None:
-            return done
+        if token in (TOKEN_DECLINE, TOKEN_FLAKY):
+            # The test tokens' rules apply to a payment not captured yet.
+            async with self._engine.begin() as conn:
+                done = await self._find(conn, order_id, "CAPTURE")
+            if done is not None:
+                return done
         if token == TOKEN_DECLINE:
             raise PaymentDeclined(f"card declined (test token {TOKEN_DECLINE})")
         if token == TOKEN_FLAKY:
@@ -214,17 +216,20 @@ class PostgresPayments:
                 )
         async with self._engine.begin() as conn:
             await self._lock(conn, order_id)
-            if await self._find(conn, order_id, "VOID") is not None:
-                raise RuntimeError(f"payment of order {order_id} was voided by its refund already")
+            # Captured once: a retry finds the capture (ON CONFLICT) and takes nothing more; a
+            # payment its refund voided first is not captured at all.
             await conn.execute(
                 sa.text(
                     "INSERT INTO payments.ledger (order_id, kind, amount, currency) "
-                    "VALUES (:o, 'CAPTURE', :a, :c) ON CONFLICT (order_id, kind) DO NOTHING"
+                    "SELECT :o, 'CAPTURE', :a, :c WHERE NOT EXISTS (SELECT 1 FROM payments.ledger "
+                    "WHERE order_id = :o AND kind = 'VOID') "
+                    "ON CONFLICT (order_id, kind) DO NOTHING"
                 ),
                 {"o": order_id, "a": amount, "c": currency},
             )
             captured = await self._find(conn, order_id, "CAPTURE")
-        assert captured is not None
+        if captured is None:
+            raise RuntimeError(f"payment of order {order_id} was voided by its refund already")
         return captured
 
     @staticmethod
@@ -263,25 +268,24 @@ class PostgresPayments:
 class PostgresShipping:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def schedule(self, order_id: str, address: Address) -> Shipment:
         if address.country.upper() == UNSHIPPABLE_COUNTRY:
             raise ShippingUnavailable(f"no carrier ships to country {address.country}")
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO shipping.shipments (order_id, country, status) "
-                    "VALUES (:o, :c, 'SCHEDULED') ON CONFLICT (order_id) DO NOTHING"
-                ),
-                {"o": order_id, "c": address.country},
-            )
+        # One statement, so no transaction around it: scheduled now, or the order's shipment as
+        # it stands (a retry's, or a void marker its cancel left), locked and read after any
+        # concurrent writer of it has committed.
+        async with self._autocommit.connect() as conn:
             row = (
                 await conn.execute(
                     sa.text(
-                        "SELECT shipment_id::text AS shipment_id, country, status "
-                        "FROM shipping.shipments WHERE order_id = :o"
+                        "INSERT INTO shipping.shipments AS s (order_id, country, status) "
+                        "VALUES (:o, :c, 'SCHEDULED') "
+                        "ON CONFLICT (order_id) DO UPDATE SET status = s.status "
+                        "RETURNING shipment_id::text AS shipment_id, country, status"
                     ),
-                    {"o": order_id},
+                    {"o": order_id, "c": address.country},
                 )
             ).one()
         if row.status != "SCHEDULED":
