@@ -86,7 +86,7 @@ async def place_order(
     raw = body.model_dump(mode="json")
     request_hash = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
     order_id, stored_hash, new = await requests.claim_request(
-        ctx.engine, str(uuid.uuid4()), idempotency_key, request_hash, body.customer_id, raw
+        ctx.pool, str(uuid.uuid4()), idempotency_key, request_hash, body.customer_id, raw
     )
     if stored_hash != request_hash:
         raise IdempotencyKeyReused("this Idempotency-Key was used for a different request body")
