@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "worker") as res:
-        # No ping per checkout: a participant call on a dead connection fails its activity,
-        # which Temporal retries, and the pool replaces connections after a disconnect.
-        engine = await res.engine(pre_ping=False)
+        engine = await res.engine()
         activities = OrderActivities(
             await res.store(),
             PostgresInventory(engine),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import asyncpg
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -79,19 +82,25 @@ def where(settings: Settings) -> str:
     return f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
 
 
-def create_engine(
-    settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True
-) -> AsyncEngine:
-    """`pre_ping=False` saves a round trip per checkout, for callers that retry a transaction
-    that fails on a dead connection anyway (the projector: the batch is delivered again)."""
+def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pool checkout: a connection its server has closed (a Postgres restart; asyncpg saw the
+    socket close) is replaced before anyone uses it. No round trip, where SQLAlchemy's pre-ping
+    sends BEGIN, a query and ROLLBACK at every checkout."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise sa_exc.DisconnectionError("the server closed this connection")
+
+
+def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
     db = settings.database
-    return create_async_engine(
+    engine = create_async_engine(
         url(settings),
         pool_size=pool_size or db.pool_size,
         max_overflow=db.pool_size,
-        pool_pre_ping=pre_ping,
+        pool_pre_ping=db.pre_ping,
         connect_args={"server_settings": _server_settings(settings), **_ssl_arg(settings)},
     )
+    event.listen(engine.sync_engine, "checkout", _refuse_closed)
+    return engine
 
 
 async def _released(conn: asyncpg.Connection) -> None:

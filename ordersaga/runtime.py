@@ -117,9 +117,9 @@ class Resources:
     # Every server is checked for its version on first use, before anything is changed on it:
     # too old a server stops the process with one line (versions.UnsupportedServer).
 
-    async def engine(self, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
+    async def engine(self, *, pool_size: int | None = None) -> AsyncEngine:
         if self._engine is None:
-            engine = db.create_engine(self.settings, pool_size=pool_size, pre_ping=pre_ping)
+            engine = db.create_engine(self.settings, pool_size=pool_size)
             self._stack.push_async_callback(engine.dispose)
             async with engine.connect() as conn:
                 raw = await conn.get_raw_connection()

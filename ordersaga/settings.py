@@ -74,6 +74,11 @@ class DatabaseSettings(BaseModel):
     pool_size: int = 10
     statement_timeout_ms: int = 15_000
     idle_in_transaction_timeout_ms: int = 30_000
+    # Every checkout refuses a connection whose server closed it (asyncpg has seen the socket
+    # close), which costs nothing. This also pings the server at each checkout, three round
+    # trips: for a proxy in front of Postgres that keeps a client's socket open when the
+    # server behind it goes.
+    pre_ping: bool = False
 
 
 class NatsSettings(BaseModel):

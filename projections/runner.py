@@ -66,7 +66,7 @@ async def run(
         await claims.leave()
 
     async with runtime.open_resources(settings, "projector") as res:
-        engine = await res.engine(pool_size=min(settings.nats.partitions, 8), pre_ping=False)
+        engine = await res.engine(pool_size=min(settings.nats.partitions, 8))
         js = await res.jetstream(setup=True)
         by_name = appliers(await res.store(pool_size=2), names)
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ordersaga.db import create_pool
+import asyncpg
+import sqlalchemy as sa
+
+from ordersaga.db import create_engine, create_pool
 from ordersaga.eventstore import EventStore, NewEvent
 from ordersaga.settings import Settings
+from tests.helpers import eventually
 
 
 async def test_a_release_sends_nothing_and_leaves_the_next_acquirer_a_clean_session(
@@ -51,3 +55,27 @@ async def test_a_feed_subscriber_leaves_no_listen_on_its_pooled_connection(
                 assert channels == []
     finally:
         await pool.close()
+
+
+async def test_the_engine_replaces_a_connection_its_server_closed_before_anyone_uses_it(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    engine = create_engine(settings, pool_size=1)  # one connection: each checkout gets it again
+    try:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+        await pool.execute("SELECT pg_terminate_backend($1)", pid)  # as a restart would
+
+        async def closed() -> bool | None:
+            return True if driver.is_closed() else None
+
+        await eventually(closed, timeout=10, what="asyncpg to see its socket close")
+
+        async with engine.connect() as conn:  # no round trip found it closed: a new one
+            again = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        assert again != pid
+    finally:
+        await engine.dispose()
