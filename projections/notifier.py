@@ -184,6 +184,7 @@ async def _in_progress(msg: Msg, every: float) -> AsyncIterator[None]:
 class Notifier:
     def __init__(self, engine: AsyncEngine, http: httpx.AsyncClient, settings: Settings) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._http = http
         # The projector's retry policy, the one the operator already tunes for poison.
         self._max_attempts = settings.projector.max_attempts
@@ -194,13 +195,14 @@ class Notifier:
     async def notify(self, event: OrderEvent) -> bool:
         """Record the event's notification; False when there was nothing to do (a redelivery).
 
-        No connection is held across the API call, so a few serve every slot."""
-        async with self._engine.connect() as conn:
+        No connection is held across the API call, so a few serve every slot. Each statement
+        stands alone, so neither runs in a transaction (no BEGIN and COMMIT round trips)."""
+        async with self._autocommit.connect() as conn:
             seen = await conn.execute(_SEEN, {"e": event.event_id, "p": PROJECTION})
             if seen.first() is not None:
                 return False
         row = await message(self._http, event)
-        async with self._engine.begin() as conn:
+        async with self._autocommit.connect() as conn:
             await record(conn, row)
         return True
 

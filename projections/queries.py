@@ -94,6 +94,8 @@ async def _page(
 
 async def get_order(engine: AsyncEngine, order_id: str) -> Row | None:
     async with engine.connect() as conn:
+        # One statement: no transaction around it (BEGIN and ROLLBACK were two round trips).
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (
             await conn.execute(
                 sa.text(f"SELECT {ORDER_COLUMNS} FROM {ORDERS_TABLE} WHERE order_id = :o"),
