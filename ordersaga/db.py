@@ -117,8 +117,9 @@ async def _released(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg.Pool:
-    """A plain asyncpg pool for the event store's hot path (a third faster than going through
-    SQLAlchemy's pool here), with the same session settings as the engine."""
+    """A plain asyncpg pool for the hot paths (the event store, the API's key lookup and request
+    claim; a third faster than going through SQLAlchemy's pool here), with the same session
+    settings as the engine."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         **_address(settings),
         min_size=1,

@@ -372,7 +372,13 @@ class EventStore:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), poll_interval)
             finally:
-                await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+                try:
+                    await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+                except BaseException:
+                    # Still listening (cancelled again, or the connection failed): the pool
+                    # does not undo a LISTEN on release, so this connection goes.
+                    listener.terminate()
+                    raise
 
     async def subscribe(
         self,

@@ -50,7 +50,8 @@ async def test_a_feed_subscriber_leaves_no_listen_on_its_pooled_connection(
         waiting = asyncio.create_task(anext(feed))
 
         async def listening() -> bool | None:
-            return True if pool.get_idle_size() == 1 else None  # it holds its connection
+            # A second connection was opened for its reads, and it holds the first: it listens.
+            return True if pool.get_size() == 2 and pool.get_idle_size() == 1 else None
 
         await asyncio.sleep(0.3)  # a few polls
         await eventually(listening, timeout=10, what="the subscriber to hold its connection")
