@@ -111,9 +111,8 @@ async def _released(conn: asyncpg.Connection) -> None:
     on every release, one more round trip per event-store call. Pooled sessions here leave
     nothing behind for it to undo: session settings come in the startup packet, advisory locks
     are transaction-scoped (session-level leases use `connect`'s own sessions), cursors live in
-    transactions, and the feed's LISTEN is undone by the subscriber itself (a LISTEN that an
-    aborted subscriber leaves makes its connection receive notifications nobody reads, which
-    asyncpg drops)."""
+    transactions, and the feed's subscriber undoes its LISTEN itself (or, when it cannot,
+    terminates its connection)."""
 
 
 async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg.Pool:
