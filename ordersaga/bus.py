@@ -13,16 +13,13 @@ Two streams:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -301,34 +298,6 @@ async def describe(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
 def _plain(value: object) -> object:
     # nats-py hands enums back from the server's answer as plain strings.
     return getattr(value, "value", value)
-
-
-# -- consuming ----------------------------------------------------------------------------------
-
-
-async def batches(
-    sub: JetStreamContext.PullSubscription,
-    size: int,
-    stop: asyncio.Event,
-    wait: float = 1.0,
-    linger: float = 0.0,
-) -> AsyncIterator[list[Msg]]:
-    """Fetched batches of a pull subscription until `stop` is set; an empty wait yields nothing
-    (nats-py's `fetch` raises a timeout instead of returning `[]`).
-
-    `linger`: after a batch that was not full, wait this long before the next fetch, so that
-    what arrives meanwhile comes as one batch instead of one fetch (and one transaction of the
-    consumer) per message. A full batch is followed at once: a backlog is never slowed down.
-    """
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(size, timeout=wait)
-        except (nats.errors.TimeoutError, TimeoutError):
-            continue
-        yield msgs
-        if linger > 0 and len(msgs) < size:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), linger)
 
 
 # -- publishing ---------------------------------------------------------------------------------

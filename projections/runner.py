@@ -15,7 +15,7 @@ from projections.base import Projection
 from projections.claims import Claims
 from projections.customers import CustomerOrdersProjection
 from projections.orders import OrderProjection
-from projections.runtime import Applier, Observer, PartitionConsumer
+from projections.runtime import Applier, GroupCommit, Observer, PartitionConsumer
 from projections.sales import SalesProjection
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ async def run(
         engine = await res.engine(pool_size=min(settings.nats.partitions, 8))
         js = await res.jetstream(setup=True)
         by_name = appliers(await res.store(pool_size=2), names)
+        # The partitions this process holds share their transactions.
+        group = GroupCommit(engine, list(by_name.values()), settings.projector, observer)
 
         def start(partition: int) -> _Running:
             halt = asyncio.Event()
@@ -81,6 +83,7 @@ async def run(
                 partition,
                 settings.projector,
                 observer,
+                group,
             )
             return _Running([asyncio.create_task(_guard(consumer, halt))], halt)
 
@@ -105,6 +108,7 @@ async def run(
                 await _pause(stop, settings.projector.claim_interval_s)
         finally:
             await halt_all()
+            await group.close()
 
 
 async def _guard(consumer: PartitionConsumer, stop: asyncio.Event) -> None:

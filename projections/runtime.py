@@ -3,9 +3,10 @@
 `Applier` is the transactional core: per projection and order it keeps a checkpoint (the last
 stream version applied), locks it while the order's events apply, skips what it has, fills a
 gap from the event store, and holds back the events of an order that has an unresolved dead
-letter. `PartitionConsumer` feeds it from one durable pull consumer: a fetched batch applies in
-one transaction (read model + checkpoints + progress), then is acked; a batch that fails is
-retried order by order and event by event, so one poison event holds back only its own order.
+letter. `PartitionConsumer` feeds it from one durable pull consumer, and `GroupCommit` applies
+what the partitions of a process fetched in one transaction (read models + checkpoints +
+progress), then acks it; a batch that fails is retried order by order and event by event, so
+one poison event holds back only its own order.
 An event that keeps failing is dead-lettered after `max_attempts` deliveries, with the order's
 later events parked behind it, until `ordersaga deadletters retry|discard`.
 """
@@ -13,6 +14,7 @@ later events parked behind it, until `ordersaga deadletters retry|discard`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,12 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import nats.errors
 import sqlalchemy as sa
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ordersaga import bus, events
+from ordersaga import events
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import ProjectorSettings
 from projections.base import OrderEvent, Projection, ProjectionError
@@ -54,8 +57,9 @@ _LOCK_CHECKPOINTS = sa.text(
             AND d.resolved_at IS NULL) AS blocked_at
     """
 )
-# One round trip to end a batch: every projection's checkpoints moved; the partition's progress
-# of the projections in `ps` (none: an operator's retry, which moves no stream position); and a
+# One round trip to end a batch: every projection's checkpoints moved; the progress of the
+# projections in `ps` on each partition of the batch (none: an operator's retry, which moves no
+# stream position); and a
 # NOTIFY per projection in `notify`, which wakes read-your-writes waiters once this transaction
 # commits. Data-modifying CTEs run to completion whether or not the outer query reads them.
 _FINISH = sa.text(
@@ -69,8 +73,11 @@ _FINISH = sa.text(
     progressed AS (
         INSERT INTO projections.progress AS g
             (projection, partition, stream_seq, event_time, applied_at)
-        SELECT p, CAST(:part AS integer), CAST(:seq AS bigint), CAST(:at AS timestamptz), now()
-        FROM unnest(CAST(:ps AS text[])) AS p
+        SELECT p, q.part, q.seq, q.at, now()
+        FROM unnest(CAST(:ps AS text[])) AS p,
+             unnest(CAST(:parts AS integer[]), CAST(:seqs AS bigint[]),
+                    CAST(:ats AS timestamptz[])) AS q(part, seq, at)
+        ORDER BY p, q.part
         ON CONFLICT (projection, partition) DO UPDATE SET
             stream_seq = GREATEST(g.stream_seq, excluded.stream_seq),
             event_time = excluded.event_time, applied_at = now()
@@ -179,12 +186,12 @@ async def apply_all(
     batch: Sequence[OrderEvent],
     *,
     release: bool = False,
-    progress: Progress | None = None,
+    progress: Sequence[Progress] = (),
 ) -> dict[str, Outcome]:
     """Apply what is new in `batch` for every projection, inside the caller's transaction: one
     round trip locks all their checkpoints, each projection folds its share, and one round trip
-    moves the checkpoints (and notes `progress`, if given, for every projection). A batch costs
-    the same two statements however many projections it feeds.
+    moves the checkpoints (and notes each partition's `progress`, if given, for every
+    projection). A batch costs the same two statements however many projections it feeds.
 
     `release`: apply even for orders with an unresolved dead letter (an operator's retry).
     """
@@ -207,25 +214,23 @@ async def apply_all(
         outcome, moved = await applier._fold(conn, by_order, checkpoints, blocked)
         outcomes[applier.name] = outcome
         moves.extend((applier.name, order_id, version) for order_id, version in moved.items())
-    if moves or progress is not None:
+    if moves or progress:
+        # One row per partition (ON CONFLICT cannot touch a row twice): the furthest position.
+        furthest: dict[int, Progress] = {}
+        for p in progress:
+            if p.partition not in furthest or p.seq > furthest[p.partition].seq:
+                furthest[p.partition] = p
+        reached = [furthest[k] for k in sorted(furthest)]
         params: dict[str, Any] = {
             "mp": [m[0] for m in moves],
             "mo": [m[1] for m in moves],
             "mv": [m[2] for m in moves],
-            "ps": [],
-            "part": None,
-            "seq": None,
-            "at": None,
-            "notify": [],
+            "ps": names if reached else [],
+            "parts": [p.partition for p in reached],
+            "seqs": [p.seq for p in reached],
+            "ats": [p.event_time for p in reached],
+            "notify": [n for n in names if outcomes[n].applied] if reached else [],
         }
-        if progress is not None:
-            params.update(
-                ps=names,
-                part=progress.partition,
-                seq=progress.seq,
-                at=progress.event_time,
-                notify=[n for n in names if outcomes[n].applied],
-            )
         await conn.execute(_FINISH, params)
     return outcomes
 
@@ -286,13 +291,152 @@ def dead_letter_row(
     }
 
 
+async def apply_deliveries(
+    conn: AsyncConnection,
+    appliers: Sequence[Applier],
+    batches: Sequence[tuple[int, list[Delivery]]],
+) -> dict[str, Outcome]:
+    """The projections' share of a transaction over the batches of one or more partitions
+    (`(partition, deliveries)`): apply, note each partition's progress, park what waits."""
+    progress: list[Progress] = []
+    for partition, deliveries in batches:
+        last = max(deliveries, key=lambda d: d.seq)
+        assert last.event is not None
+        progress.append(Progress(partition, last.seq, last.event.occurred_at))
+    every = [d for _, deliveries in batches for d in deliveries]
+    outcomes = await apply_all(
+        conn, appliers, [d.event for d in every if d.event is not None], progress=progress
+    )
+    for name, outcome in outcomes.items():
+        if not outcome.held:
+            continue
+        held = {(e.order_id, e.version) for e in outcome.held}
+        await conn.execute(
+            DEAD_LETTER,
+            [
+                dead_letter_row(name, d, "waiting behind a dead letter", "waiting")
+                for d in every
+                if d.event is not None and (d.event.order_id, d.event.version) in held
+            ],
+        )
+    return outcomes
+
+
+def _observe(observer: Observer | None, outcomes: dict[str, Outcome]) -> None:
+    if observer is not None:
+        for name, outcome in outcomes.items():
+            if outcome.applied:
+                observer(name, outcome.applied)
+
+
+class GroupCommit:
+    """One transaction at a time for every partition a projector process holds.
+
+    Each partition's consumer keeps fetching and adds what it fetched here; a transaction takes
+    whatever every partition has added by the time it starts, so a process applies its
+    partitions' events together, not in a transaction per partition. After a transaction that
+    was not full, the next starts `linger_s` after it ended at the earliest, and the consumers
+    go on fetching meanwhile: what arrives joins it. A partition with a full batch waiting (a
+    backlog) cuts the linger short, and the first batch after a quiet spell goes at once.
+
+    The committer acks what a transaction applied. When a transaction fails, each partition in
+    it isolates the culprit in its own share (`PartitionConsumer.isolate`) before the next
+    transaction starts, so a partition's events still apply in order.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        appliers: Sequence[Applier],
+        settings: ProjectorSettings,
+        observer: Observer | None = None,
+    ) -> None:
+        self._engine = engine
+        self._appliers = list(appliers)
+        self._batch = settings.batch
+        self._linger = settings.linger_s
+        self._observer = observer
+        self._pending: dict[PartitionConsumer, list[Delivery]] = {}
+        self._backlog = asyncio.Event()  # a partition has a full batch waiting
+        self._took = asyncio.Event()  # a transaction took what was pending
+        self._committer: asyncio.Task[None] | None = None
+        self._ended = -float("inf")  # loop time the last transaction ended
+        self._full = False  # whether it was full
+
+    def room(self, consumer: PartitionConsumer) -> int:
+        """How many more deliveries the partition may add before the next transaction."""
+        return self._batch - len(self._pending.get(consumer, ()))
+
+    async def took(self, timeout: float) -> None:
+        """Until the next transaction takes what is pending (or `timeout` passes)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._took.wait(), timeout)
+
+    def add(self, consumer: PartitionConsumer, deliveries: list[Delivery]) -> None:
+        """Apply these (decoded) deliveries of the partition in the next transaction."""
+        pending = self._pending.setdefault(consumer, [])
+        pending.extend(deliveries)
+        if len(pending) >= self._batch:
+            self._backlog.set()
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+
+    def withdraw(self, consumer: PartitionConsumer) -> list[Delivery]:
+        """What the partition added and no transaction took yet (a consumer that stops)."""
+        return self._pending.pop(consumer, [])
+
+    async def close(self) -> None:
+        """Wait for the transaction under way, if any."""
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
+
+    async def _commit_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            delay = self._ended + self._linger - loop.time()
+            if delay > 0 and not (self._full or self._backlog.is_set()):
+                # The linger: bounded (shorter than ack_wait), and cut short by a backlog.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._backlog.wait(), delay)
+            taken, self._pending = self._pending, {}
+            self._backlog.clear()
+            self._took.set()
+            self._took = asyncio.Event()
+            batches = [(consumer, ds) for consumer, ds in taken.items() if ds]
+            try:
+                await self._commit(batches)
+            except Exception:  # what it held comes back after ack_wait; the rest goes on
+                log.exception("projector transaction of %d partition(s) lost", len(batches))
+            self._ended = loop.time()
+            self._full = any(len(ds) >= self._batch for _, ds in batches)
+
+    async def _commit(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                outcomes = await apply_deliveries(
+                    conn, self._appliers, [(c.partition, ds) for c, ds in batches]
+                )
+        except Exception as error:  # each partition isolates the culprit in its share
+            for consumer, deliveries in batches:
+                await consumer.isolate(deliveries, error)
+            return
+        _observe(self._observer, outcomes)
+        for consumer, deliveries in batches:
+            try:
+                for d in deliveries:
+                    await d.msg.ack()
+            except Exception as error:  # applied: isolating finds them applied, and acks
+                await consumer.isolate(deliveries, error)
+
+
 class PartitionConsumer:
     """Every projection on one partition: fetch, apply them all in one transaction, ack.
 
     One durable consumer and one transaction per batch serve all projections, so a saga's
-    event costs one delivery and one commit however many read models it feeds. Each projection
-    keeps its own checkpoints and dead letters: when one fails on an event (in its own
-    savepoint), the others still apply it, and only the failing one retries or parks the order.
+    event costs one delivery and one commit however many read models it feeds; the partitions
+    of one process share their transactions (`GroupCommit`). Each projection keeps its own
+    checkpoints and dead letters: when one fails on an event (in its own savepoint), the others
+    still apply it, and only the failing one retries or parks the order.
     """
 
     def __init__(
@@ -305,6 +449,7 @@ class PartitionConsumer:
         partition: int,
         settings: ProjectorSettings,
         observer: Observer | None = None,
+        group: GroupCommit | None = None,
     ) -> None:
         self._engine = engine
         self._appliers = list(appliers)
@@ -314,73 +459,48 @@ class PartitionConsumer:
         self.partition = partition
         self._settings = settings
         self._observer = observer
+        self._group = group or GroupCommit(engine, appliers, settings, observer)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, wait: float = 1.0) -> None:
+        """Fetch for as long as `stop` is not set, as much as the next transaction has room for;
+        at the end, give back what no transaction took (redelivered at once)."""
         sub = await self._js.pull_subscribe_bind(self.durable, self._stream)
         try:
-            feed = bus.batches(sub, self._settings.batch, stop, linger=self._settings.linger_s)
-            async for msgs in feed:
+            while not stop.is_set():
+                room = self._group.room(self)
+                if room <= 0:
+                    await self._group.took(wait)
+                    continue
+                try:
+                    msgs = await sub.fetch(room, timeout=wait)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue  # nothing new (nats-py raises instead of returning [])
                 await self.handle([Delivery.of(m) for m in msgs])
         finally:
+            for d in self._group.withdraw(self):
+                with contextlib.suppress(Exception):
+                    await d.msg.nak()
             await sub.unsubscribe()
 
     async def handle(self, deliveries: list[Delivery]) -> None:
-        broken = [d for d in deliveries if d.event is None]
-        for delivery in broken:
-            # Undecodable is undecodable on every delivery: dead-letter it at once.
-            names = [a.name for a in self._appliers]
-            await self._dead_letter(delivery, names, delivery.error or "undecodable")
-            await delivery.msg.ack()
+        for delivery in deliveries:
+            if delivery.event is None:
+                # Undecodable is undecodable on every delivery: dead-letter it at once.
+                names = [a.name for a in self._appliers]
+                await self._dead_letter(delivery, names, delivery.error or "undecodable")
+                await delivery.msg.ack()
         good = [d for d in deliveries if d.event is not None]
-        if not good:
-            return
-        try:
-            await self._commit(good)
-        except Exception as error:  # isolate the culprit below
-            log.warning(
-                "%s: batch of %d failed (%s); retrying it order by order",
-                self.durable, len(good), error,
-            )  # fmt: skip
-            await self._isolate(good)
+        if good:
+            self._group.add(self, good)
 
-    async def _apply(
-        self, conn: AsyncConnection, appliers: Sequence[Applier], deliveries: list[Delivery]
-    ) -> dict[str, Outcome]:
-        """The projections' share of the transaction: apply, note progress, park what waits."""
-        last = max(deliveries, key=lambda d: d.seq)
-        assert last.event is not None
-        outcomes = await apply_all(
-            conn,
-            appliers,
-            [d.event for d in deliveries if d.event is not None],
-            progress=Progress(self.partition, last.seq, last.event.occurred_at),
-        )
-        for name, outcome in outcomes.items():
-            if not outcome.held:
-                continue
-            held = {(e.order_id, e.version) for e in outcome.held}
-            await conn.execute(
-                DEAD_LETTER,
-                [
-                    dead_letter_row(name, d, "waiting behind a dead letter", "waiting")
-                    for d in deliveries
-                    if d.event is not None and (d.event.order_id, d.event.version) in held
-                ],
-            )
-        return outcomes
-
-    def _observe(self, outcomes: dict[str, Outcome]) -> None:
-        if self._observer is not None:
-            for name, outcome in outcomes.items():
-                if outcome.applied:
-                    self._observer(name, outcome.applied)
-
-    async def _commit(self, deliveries: list[Delivery]) -> None:
-        async with self._engine.begin() as conn:
-            outcomes = await self._apply(conn, self._appliers, deliveries)
-        for d in deliveries:
-            await d.msg.ack()
-        self._observe(outcomes)
+    async def isolate(self, deliveries: list[Delivery], error: Exception) -> None:
+        """A transaction with this partition's `deliveries` failed: apply them order by order
+        and event by event, so that only a culprit's order waits."""
+        log.warning(
+            "%s: batch of %d failed (%s); retrying it order by order",
+            self.durable, len(deliveries), error,
+        )  # fmt: skip
+        await self._isolate(deliveries)
 
     async def _commit_each(self, delivery: Delivery) -> dict[str, str]:
         """Apply one event for every projection, each in a savepoint; the failures, by name."""
@@ -390,10 +510,11 @@ class PartitionConsumer:
             for applier in self._appliers:
                 try:
                     async with conn.begin_nested():
-                        outcomes.update(await self._apply(conn, [applier], [delivery]))
+                        batch = [(self.partition, [delivery])]
+                        outcomes.update(await apply_deliveries(conn, [applier], batch))
                 except Exception as error:  # this projection waits; the others go on
                     failed[applier.name] = f"{type(error).__name__}: {error}"
-        self._observe(outcomes)
+        _observe(self._observer, outcomes)
         return failed
 
     async def _isolate(self, deliveries: list[Delivery]) -> None:

@@ -1,0 +1,132 @@
+"""The partitions of one projector process share their transactions (`GroupCommit`), against the
+real Postgres and read models: what the partitions add while the committer lingers commits
+together and is acked, and a transaction that fails hands each partition its own share to
+isolate (which `test_read_side` follows through the stack's projector)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ordersaga.eventstore import EventStore
+from ordersaga.settings import ProjectorSettings
+from projections.base import OrderEvent
+from projections.runner import appliers
+from projections.runtime import Delivery, GroupCommit, PartitionConsumer
+from tests.helpers import fake_events, unique
+
+LINGER = 0.5
+
+
+class _Msg:
+    """What the committer touches of a JetStream message: its stream position and its ack. The
+    position is 1, below any the stack's own projector has noted, so the progress it writes
+    moves nothing."""
+
+    def __init__(self) -> None:
+        self.metadata: Any = SimpleNamespace(sequence=SimpleNamespace(stream=1))
+        self.acked = asyncio.get_running_loop().create_future()
+
+    async def ack(self) -> None:
+        self.acked.set_result(time.monotonic())
+
+
+class _Partition(PartitionConsumer):
+    """A partition as the group sees it; records what it is handed to isolate."""
+
+    def __init__(self, partition: int, group: GroupCommit) -> None:
+        self.partition = partition
+        self._group = group
+        self.isolated: list[Delivery] = []
+
+    async def isolate(self, deliveries: list[Delivery], error: Exception) -> None:
+        self.isolated.extend(deliveries)
+
+
+def _placed(overrides: dict[int, dict[str, Any]] | None = None) -> tuple[str, Delivery]:
+    """A made-up order's first event as a partition consumer fetched it."""
+    order_id = str(uuid.uuid4())
+    event = fake_events(order_id, unique("c"), unique("sku"), overrides=overrides)[0]
+    return order_id, Delivery(_Msg(), OrderEvent.from_stored(event))  # type: ignore[arg-type]
+
+
+async def _writers(engine: AsyncEngine, order_ids: list[str]) -> dict[str, int]:
+    """The transaction that wrote each order's row of the orders read model."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            sa.text(
+                "SELECT order_id, xmin::text::bigint AS tx FROM readmodel.orders "
+                "WHERE order_id = ANY(:ids)"
+            ),
+            {"ids": order_ids},
+        )
+        return {r.order_id: r.tx for r in found}
+
+
+def _acked(delivery: Delivery) -> asyncio.Future[float]:
+    acked: asyncio.Future[float] = delivery.msg.acked  # type: ignore[attr-defined]
+    return acked
+
+
+async def test_what_the_partitions_add_while_the_committer_lingers_commits_together(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=LINGER))
+    partitions = [_Partition(p, group) for p in range(4)]
+    first_id, first = _placed()
+    began = time.monotonic()
+    group.add(partitions[0], [first])  # after a quiet spell: at once
+    assert await _acked(first) - began < LINGER
+
+    # Added one after another while the committer lingers, as fetches come back.
+    later = [_placed() for _ in range(3)]
+    began = time.monotonic()
+    for partition, (_, delivery) in zip(partitions[1:], later, strict=True):
+        group.add(partition, [delivery])
+        await asyncio.sleep(LINGER / 10)
+    acked = await asyncio.gather(*(_acked(d) for _, d in later))
+    assert min(acked) - began >= LINGER * 0.9  # the linger was waited out
+    writers = await _writers(engine, [first_id, *(o for o, _ in later)])
+    assert len(writers) == 4, writers
+    assert len({writers[o] for o, _ in later}) == 1, writers  # one transaction took all three
+    assert writers[first_id] != writers[later[0][0]]
+    await group.close()
+    assert not any(p.isolated for p in partitions)
+
+
+async def test_a_full_batch_cuts_the_linger_short(engine: AsyncEngine, store: EventStore) -> None:
+    settings = ProjectorSettings(linger_s=LINGER * 4, batch=2)
+    group = GroupCommit(engine, list(appliers(store).values()), settings)
+    partition = _Partition(0, group)
+    group.add(partition, [_placed()[1]])  # starts the linger clock
+    await group.close()
+    began = time.monotonic()
+    full = [_placed()[1], _placed()[1]]
+    group.add(partition, full)
+    assert group.room(partition) == 0
+    acked = await asyncio.gather(*(_acked(d) for d in full))
+    assert max(acked) - began < LINGER
+    assert group.room(partition) == 2  # taken: the partition fetches again
+    await group.close()
+
+
+async def test_a_failing_transaction_hands_each_partition_its_own_share(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
+    one, two = _Partition(1, group), _Partition(2, group)
+    healthy_id, healthy = _placed()
+    # A NUL, which the contract (as Postgres jsonb) refuses.
+    _, poison = _placed(overrides={1: {"customer_id": "x\u0000"}})
+    group.add(one, [healthy])
+    group.add(two, [poison])
+    await group.close()
+    assert (one.isolated, two.isolated) == ([healthy], [poison])
+    assert await _writers(engine, [healthy_id]) == {}  # rolled back with the poison
+    assert not _acked(healthy).done() and not _acked(poison).done()
