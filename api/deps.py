@@ -35,7 +35,9 @@ class AppContext:
     watch: AppliedWatch
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # A coroutine, though it awaits nothing: FastAPI runs a plain function dependency in its
+    # thread pool, a hand-off to a thread and back on every request.
     ctx: AppContext = request.app.state.ctx
     return ctx
 
