@@ -1,7 +1,8 @@
 """Read-your-writes: wait until a projection has applied what a client wrote, without sleeping.
 
-The projector runtime sends `NOTIFY projection_applied, '<projection>'` in the transaction that
-applies a batch; this listener wakes whoever waits on that projection to look again.
+The projector runtime sends `NOTIFY projection_applied, '<projection> <order ids>'` in the
+transaction that applies a batch; this listener wakes whoever waits on one of those orders to
+look again (and every waiter of the projection when the payload names no order).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ import asyncpg
 
 from ordersaga import db
 from ordersaga.settings import Settings
-from projections.queries import APPLIED_CHANNEL
+from projections.queries import APPLIED_CHANNEL, applied_orders
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,9 @@ class AppliedWatch:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._conn: asyncpg.Connection | None = None
-        self._wakeups: dict[str, asyncio.Event] = {}
+        # One wake-up per (projection, order) waited on, for as long as anyone waits on it.
+        self._wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        self._waiters: Counter[tuple[str, str]] = Counter()
         self._waiting = 0
 
     async def start(self) -> None:
@@ -53,31 +57,48 @@ class AppliedWatch:
         await self.stop()
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        wakeup = self._wakeups.pop(payload, None)
-        if wakeup is not None:
-            wakeup.set()
+        projection, orders = applied_orders(payload)
+        if orders is None:
+            keys = [k for k in self._wakeups if k[0] == projection]
+        else:
+            keys = [(projection, o) for o in orders]
+        for key in keys:
+            wakeup = self._wakeups.pop(key, None)
+            if wakeup is not None:
+                wakeup.set()
 
     async def wait_for(
-        self, projection: str, reached: Callable[[], Awaitable[bool]], timeout: float
+        self,
+        projection: str,
+        order_id: str,
+        reached: Callable[[], Awaitable[bool]],
+        timeout: float,
     ) -> bool:
-        """True once `reached()` is; False if `timeout` passes first. Bounded: past
-        `api.max_min_version_waits` waits at once, `TooManyWaits` at once."""
+        """True once `reached()` is (looked at again whenever the projection changes the
+        order); False if `timeout` passes first. Bounded: past `api.max_min_version_waits`
+        waits at once, `TooManyWaits` at once."""
         if self._waiting >= self._settings.api.max_min_version_waits:
             raise TooManyWaits("too many read-your-writes waits at once; retry in a second")
+        key = (projection, order_id)
         self._waiting += 1
+        self._waiters[key] += 1
         try:
-            return await self._wait_for(projection, reached, timeout)
+            return await self._wait_for(key, reached, timeout)
         finally:
             self._waiting -= 1
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+                self._wakeups.pop(key, None)
 
     async def _wait_for(
-        self, projection: str, reached: Callable[[], Awaitable[bool]], timeout: float
+        self, key: tuple[str, str], reached: Callable[[], Awaitable[bool]], timeout: float
     ) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             # Take the wake-up before looking, so a commit between the two is not missed.
-            wakeup = self._wakeups.setdefault(projection, asyncio.Event())
+            wakeup = self._wakeups.setdefault(key, asyncio.Event())
             if await reached():
                 return True
             remaining = deadline - loop.time()

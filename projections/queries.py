@@ -7,6 +7,7 @@ functions. Pages are keyset-paged, newest first, with an opaque cursor.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = [
     "CURSOR_PATTERN",
     "InvalidCursor",
     "Page",
+    "applied_orders",
+    "applied_payload",
     "customer_orders",
     "dead_lettered",
     "get_order",
@@ -34,9 +37,26 @@ __all__ = [
     "sales",
 ]
 
-# The projector sends `NOTIFY projection_applied, '<projection>'` in the transaction that applies
-# a batch: a read-your-writes waiter listens here.
+# The projector sends `NOTIFY projection_applied, '<projection> <order id>,<order id>,...'` in the
+# transaction that applies a batch, naming the orders it changed, so that a read-your-writes
+# waiter wakes only for its own order; a payload of the projection's name alone (a batch with
+# too many orders to name, an operator's retry) wakes every waiter of the projection.
 APPLIED_CHANNEL = "projection_applied"
+# Postgres refuses a NOTIFY payload of 8000 bytes or more.
+_PAYLOAD_MAX = 7900
+
+
+def applied_payload(projection: str, order_ids: Collection[str]) -> str:
+    """The NOTIFY payload for a batch of the projection that changed these orders."""
+    named = f"{projection} {','.join(sorted(order_ids))}"
+    return named if order_ids and len(named.encode()) <= _PAYLOAD_MAX else projection
+
+
+def applied_orders(payload: str) -> tuple[str, list[str] | None]:
+    """The projection and the orders a NOTIFY payload names (None: every order)."""
+    projection, _, ids = payload.partition(" ")
+    return projection, ids.split(",") if ids else None
+
 
 Row = dict[str, Any]
 

@@ -32,7 +32,7 @@ from ordersaga import events
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import ProjectorSettings
 from projections.base import OrderEvent, Projection, ProjectionError
-from projections.queries import APPLIED_CHANNEL
+from projections.queries import APPLIED_CHANNEL, applied_payload
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ _LOCK_CHECKPOINTS = sa.text(
 )
 # One round trip to end a batch: every projection's checkpoints moved; the progress of the
 # projections in `ps` on each partition of the batch (none: an operator's retry, which moves no
-# stream position); and a
-# NOTIFY per projection in `notify`, which wakes read-your-writes waiters once this transaction
-# commits. Data-modifying CTEs run to completion whether or not the outer query reads them.
+# stream position); and a NOTIFY per payload in `notify` (a projection and the orders it
+# changed), which wakes those orders' read-your-writes waiters once this transaction commits.
+# Data-modifying CTEs run to completion whether or not the outer query reads them.
 _FINISH = sa.text(
     f"""
     WITH moved AS (
@@ -229,7 +229,11 @@ async def apply_all(
             "parts": [p.partition for p in reached],
             "seqs": [p.seq for p in reached],
             "ats": [p.event_time for p in reached],
-            "notify": [n for n in names if outcomes[n].applied] if reached else [],
+            "notify": [
+                applied_payload(n, {e.order_id for e in outcomes[n].applied})
+                for n in names
+                if reached and outcomes[n].applied
+            ],
         }
         await conn.execute(_FINISH, params)
     return outcomes

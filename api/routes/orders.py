@@ -180,7 +180,8 @@ async def get_order(
             return version is not None and version >= min_version
 
         try:
-            await ctx.watch.wait_for("orders", reached, ctx.settings.api.min_version_timeout)
+            timeout = ctx.settings.api.min_version_timeout
+            await ctx.watch.wait_for("orders", str(order_id), reached, timeout)
         except TooManyWaits as error:
             raise Busy(str(error)) from error
         row = await _order(ctx, str(order_id)) or row
