@@ -334,18 +334,20 @@ def _observe(observer: Observer | None, outcomes: dict[str, Outcome]) -> None:
 
 
 class GroupCommit:
-    """One transaction at a time for every partition a projector process holds.
+    """The transactions of every partition a projector process holds.
 
-    Each partition's consumer keeps fetching and adds what it fetched here; a transaction takes
-    whatever every partition has added by the time it starts, so a process applies its
-    partitions' events together, not in a transaction per partition. After a transaction that
-    was not full, the next starts `linger_s` after it ended at the earliest, and the consumers
-    go on fetching meanwhile: what arrives joins it. A partition with a full batch waiting (a
-    backlog) cuts the linger short, and the first batch after a quiet spell goes at once.
+    Each partition's consumer keeps fetching and adds what it fetched here. Partial batches (a
+    live flow) share a transaction: it takes whatever every partition has added by the time it
+    starts, so a process applies its partitions' events together, not in a transaction per
+    partition. After such a transaction, the next starts `linger_s` after it ended at the
+    earliest, and the consumers go on fetching meanwhile: what arrives joins it (the first batch
+    after a quiet spell goes at once). A full batch (a backlog) goes at once in a transaction of
+    its own, beside the others, so catching up uses every partition's connection.
 
-    The committer acks what a transaction applied. When a transaction fails, each partition in
-    it isolates the culprit in its own share (`PartitionConsumer.isolate`) before the next
-    transaction starts, so a partition's events still apply in order.
+    A partition has one transaction in flight at most: what it adds meanwhile waits for the
+    next, so its events apply in order. The committer acks what a transaction applied; when a
+    transaction fails, each partition in it isolates the culprit in its own share
+    (`PartitionConsumer.isolate`) before it takes part in another.
     """
 
     def __init__(
@@ -361,58 +363,78 @@ class GroupCommit:
         self._linger = settings.linger_s
         self._observer = observer
         self._pending: dict[PartitionConsumer, list[Delivery]] = {}
-        self._backlog = asyncio.Event()  # a partition has a full batch waiting
+        self._busy: set[PartitionConsumer] = set()  # with a transaction in flight
         self._took = asyncio.Event()  # a transaction took what was pending
-        self._committer: asyncio.Task[None] | None = None
-        self._ended = -float("inf")  # loop time the last transaction ended
-        self._full = False  # whether it was full
+        self._committer: asyncio.Task[None] | None = None  # the shared transactions
+        self._alone: set[asyncio.Task[None]] = set()  # full batches' own transactions
+        self._ended = -float("inf")  # loop time the last shared transaction ended
 
     def room(self, consumer: PartitionConsumer) -> int:
-        """How many more deliveries the partition may add before the next transaction."""
+        """How many more deliveries the partition may add before a transaction takes them."""
         return self._batch - len(self._pending.get(consumer, ()))
 
     async def took(self, timeout: float) -> None:
-        """Until the next transaction takes what is pending (or `timeout` passes)."""
+        """Until a transaction takes what is pending (or `timeout` passes)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._took.wait(), timeout)
 
     def add(self, consumer: PartitionConsumer, deliveries: list[Delivery]) -> None:
-        """Apply these (decoded) deliveries of the partition in the next transaction."""
-        pending = self._pending.setdefault(consumer, [])
-        pending.extend(deliveries)
-        if len(pending) >= self._batch:
-            self._backlog.set()
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending())
+        """Apply these (decoded) deliveries of the partition in a coming transaction."""
+        self._pending.setdefault(consumer, []).extend(deliveries)
+        self._schedule()
 
     def withdraw(self, consumer: PartitionConsumer) -> list[Delivery]:
         """What the partition added and no transaction took yet (a consumer that stops)."""
         return self._pending.pop(consumer, [])
 
     async def close(self) -> None:
-        """Wait for the transaction under way, if any."""
-        if self._committer is not None:
-            await asyncio.gather(self._committer, return_exceptions=True)
+        """Wait for the transactions under way."""
+        running = [*self._alone, *([self._committer] if self._committer else [])]
+        await asyncio.gather(*running, return_exceptions=True)
 
-    async def _commit_pending(self) -> None:
+    def _schedule(self) -> None:
+        """Start what can start: a full batch's own transaction, or the shared committer."""
+        for consumer in list(self._pending):
+            if consumer not in self._busy and len(self._pending[consumer]) >= self._batch:
+                task = asyncio.create_task(self._run(self._take([consumer])))
+                self._alone.add(task)
+                task.add_done_callback(self._alone.discard)
+        if self._ready() and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(self._commit_shared())
+
+    def _ready(self) -> list[PartitionConsumer]:
+        return [c for c, ds in self._pending.items() if ds and c not in self._busy]
+
+    def _take(
+        self, consumers: list[PartitionConsumer]
+    ) -> list[tuple[PartitionConsumer, list[Delivery]]]:
+        batches = [(c, self._pending.pop(c)) for c in consumers]
+        self._busy.update(consumers)
+        self._took.set()
+        self._took = asyncio.Event()
+        return batches
+
+    async def _run(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> None:
+        try:
+            await self._commit(batches)
+        except Exception:  # what it held comes back after ack_wait; the rest goes on
+            log.exception("projector transaction of %d partition(s) lost", len(batches))
+        finally:
+            self._busy.difference_update(c for c, _ in batches)
+            self._schedule()
+
+    async def _commit_shared(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending:
+        while self._ready():
             delay = self._ended + self._linger - loop.time()
-            if delay > 0 and not (self._full or self._backlog.is_set()):
-                # The linger: bounded (shorter than ack_wait), and cut short by a backlog.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._backlog.wait(), delay)
-            taken, self._pending = self._pending, {}
-            self._backlog.clear()
-            self._took.set()
-            self._took = asyncio.Event()
-            batches = [(consumer, ds) for consumer, ds in taken.items() if ds]
-            try:
-                await self._commit(batches)
-            except Exception:  # what it held comes back after ack_wait; the rest goes on
-                log.exception("projector transaction of %d partition(s) lost", len(batches))
-            self._ended = loop.time()
-            self._full = any(len(ds) >= self._batch for _, ds in batches)
+            if delay > 0:
+                # The linger: bounded (shorter than ack_wait); a batch that fills meanwhile
+                # goes at once on its own.
+                await asyncio.sleep(delay)
+            ready = self._ready()
+            if ready:
+                await self._run(self._take(ready))
+                self._ended = loop.time()
 
     async def _commit(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> None:
         try:
