@@ -134,9 +134,9 @@ class NatsSettings(BaseModel):
 
 class ProjectorSettings(BaseModel):
     batch: int = Field(default=256, ge=1, le=10_000)
-    # After a transaction that was not full, how long a projector process waits before its next
-    # one: what arrives meanwhile, on any partition it holds, is applied together. The read
-    # models trail the bus by up to this much more; a backlog (full batches) goes without waiting.
+    # After a transaction of partial batches, how long a projector process waits before the next:
+    # what arrives meanwhile, on any partition it holds, is applied together. The read models
+    # trail the bus by up to this much more; a full batch (a backlog) goes at once in its own.
     linger_s: float = Field(default=0.05, ge=0, le=5)
     # Deliveries of one event before it is dead-lettered; JetStream's own max_deliver is set a
     # little above, as a backstop.
@@ -149,8 +149,9 @@ class ProjectorSettings(BaseModel):
 
     @model_validator(mode="after")
     def _linger_within_ack_wait(self) -> ProjectorSettings:
-        # Fetched messages wait out the linger with their ack wait running: a linger as long as
-        # the ack wait would have them delivered again (and counted).
+        # Fetched messages wait out the linger (and their partition's transaction in flight)
+        # with their ack wait running: a linger as long as the ack wait would have them
+        # delivered again (and counted).
         if self.linger_s >= self.ack_wait_s:
             raise ValueError(
                 f"linger_s ({self.linger_s}) must be shorter than ack_wait_s ({self.ack_wait_s})"

@@ -40,7 +40,9 @@ __all__ = [
 # The projector sends `NOTIFY projection_applied, '<projection> <order id>,<order id>,...'` in the
 # transaction that applies a batch, naming the orders it changed, so that a read-your-writes
 # waiter wakes only for its own order; a payload of the projection's name alone (a batch with
-# too many orders to name, an operator's retry) wakes every waiter of the projection.
+# too many orders to name, an operator's retry) wakes every waiter of the projection. (An API
+# older than these payloads matches none of them and falls back to its periodic look: upgrade
+# the API before the projector.)
 APPLIED_CHANNEL = "projection_applied"
 # Postgres refuses a NOTIFY payload of 8000 bytes or more.
 _PAYLOAD_MAX = 7900

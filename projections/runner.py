@@ -107,8 +107,10 @@ async def run(
                     log.info("projector holds partitions %s", sorted(claims.held))
                 await _pause(stop, settings.projector.claim_interval_s)
         finally:
-            await halt_all()
-            await group.close()
+            try:
+                await halt_all()
+            finally:
+                await group.close()
 
 
 async def _guard(consumer: PartitionConsumer, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -362,8 +362,10 @@ class GroupCommit:
         self._batch = settings.batch
         self._linger = settings.linger_s
         self._observer = observer
-        self._pending: dict[PartitionConsumer, list[Delivery]] = {}
-        self._busy: set[PartitionConsumer] = set()  # with a transaction in flight
+        # By partition number: a partition's consumer may be replaced (a restart, a lost claim)
+        # while a transaction of its events is in flight.
+        self._pending: dict[int, tuple[PartitionConsumer, list[Delivery]]] = {}
+        self._busy: dict[int, asyncio.Event] = {}  # set when the transaction in flight ends
         self._took = asyncio.Event()  # a transaction took what was pending
         self._committer: asyncio.Task[None] | None = None  # the shared transactions
         self._alone: set[asyncio.Task[None]] = set()  # full batches' own transactions
@@ -371,7 +373,8 @@ class GroupCommit:
 
     def room(self, consumer: PartitionConsumer) -> int:
         """How many more deliveries the partition may add before a transaction takes them."""
-        return self._batch - len(self._pending.get(consumer, ()))
+        _, pending = self._pending.get(consumer.partition, (consumer, []))
+        return self._batch - len(pending)
 
     async def took(self, timeout: float) -> None:
         """Until a transaction takes what is pending (or `timeout` passes)."""
@@ -380,48 +383,68 @@ class GroupCommit:
 
     def add(self, consumer: PartitionConsumer, deliveries: list[Delivery]) -> None:
         """Apply these (decoded) deliveries of the partition in a coming transaction."""
-        self._pending.setdefault(consumer, []).extend(deliveries)
+        _, pending = self._pending.get(consumer.partition, (consumer, []))
+        self._pending[consumer.partition] = (consumer, pending + deliveries)
         self._schedule()
 
     def withdraw(self, consumer: PartitionConsumer) -> list[Delivery]:
         """What the partition added and no transaction took yet (a consumer that stops)."""
-        return self._pending.pop(consumer, [])
+        return self._pending.pop(consumer.partition, (consumer, []))[1]
+
+    async def settled(self, consumer: PartitionConsumer) -> None:
+        """Until no transaction of the partition's events is in flight (a consumer that stops
+        waits for it, so that its partition is not handed on with events still applying)."""
+        while (ended := self._busy.get(consumer.partition)) is not None:
+            await ended.wait()
 
     async def close(self) -> None:
-        """Wait for the transactions under way."""
-        running = [*self._alone, *([self._committer] if self._committer else [])]
-        await asyncio.gather(*running, return_exceptions=True)
+        """Wait for the transactions under way, and for those they start."""
+        while running := [*self._alone, *([self._committer] if self._committer else [])]:
+            await asyncio.gather(*running, return_exceptions=True)
+            if self._committer is not None and self._committer.done():
+                self._committer = None
 
     def _schedule(self) -> None:
         """Start what can start: a full batch's own transaction, or the shared committer."""
-        for consumer in list(self._pending):
-            if consumer not in self._busy and len(self._pending[consumer]) >= self._batch:
-                task = asyncio.create_task(self._run(self._take([consumer])))
-                self._alone.add(task)
-                task.add_done_callback(self._alone.discard)
+        for partition in list(self._pending):
+            if partition not in self._busy and len(self._pending[partition][1]) >= self._batch:
+                self._spawn(self._run(self._take([partition])))
         if self._ready() and (self._committer is None or self._committer.done()):
             self._committer = asyncio.create_task(self._commit_shared())
 
-    def _ready(self) -> list[PartitionConsumer]:
-        return [c for c, ds in self._pending.items() if ds and c not in self._busy]
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._alone.add(task)
+        task.add_done_callback(self._alone.discard)
 
-    def _take(
-        self, consumers: list[PartitionConsumer]
-    ) -> list[tuple[PartitionConsumer, list[Delivery]]]:
-        batches = [(c, self._pending.pop(c)) for c in consumers]
-        self._busy.update(consumers)
+    def _ready(self) -> list[int]:
+        return [p for p, (_, ds) in self._pending.items() if ds and p not in self._busy]
+
+    def _take(self, partitions: list[int]) -> list[tuple[PartitionConsumer, list[Delivery]]]:
+        batches = [self._pending.pop(p) for p in partitions]
+        for p in partitions:
+            self._busy[p] = asyncio.Event()
         self._took.set()
         self._took = asyncio.Event()
         return batches
 
+    def _release(self, consumer: PartitionConsumer) -> None:
+        ended = self._busy.pop(consumer.partition, None)
+        if ended is not None:
+            ended.set()
+        self._schedule()
+
     async def _run(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> None:
+        """Commit the batches together; each partition is released as soon as its events are
+        settled (applied and acked, or isolated)."""
+        held = {c.partition: c for c, _ in batches}
         try:
-            await self._commit(batches)
+            await self._commit(batches, held)
         except Exception:  # what it held comes back after ack_wait; the rest goes on
             log.exception("projector transaction of %d partition(s) lost", len(batches))
         finally:
-            self._busy.difference_update(c for c, _ in batches)
-            self._schedule()
+            for consumer in list(held.values()):
+                self._release(consumer)
 
     async def _commit_shared(self) -> None:
         loop = asyncio.get_running_loop()
@@ -436,23 +459,51 @@ class GroupCommit:
                 await self._run(self._take(ready))
                 self._ended = loop.time()
 
-    async def _commit(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> None:
+    async def _commit(
+        self,
+        batches: list[tuple[PartitionConsumer, list[Delivery]]],
+        held: dict[int, PartitionConsumer],
+    ) -> None:
         try:
             async with self._engine.begin() as conn:
                 outcomes = await apply_deliveries(
                     conn, self._appliers, [(c.partition, ds) for c, ds in batches]
                 )
-        except Exception as error:  # each partition isolates the culprit in its share
-            for consumer, deliveries in batches:
+        except Exception as error:
+            if len(batches) == 1:  # the culprit is in this share: isolate it
+                consumer, deliveries = batches[0]
                 await consumer.isolate(deliveries, error)
+                return
+            # Which share holds the culprit is unknown: each partition tries its own at once,
+            # in a transaction of its own, and is released when it is done; only the culprit's
+            # isolates, and the others do not wait for it.
+            await asyncio.gather(*(self._alone_after(b, held) for b in batches))
             return
-        _observe(self._observer, outcomes)
         for consumer, deliveries in batches:
             try:
                 for d in deliveries:
                     await d.msg.ack()
             except Exception as error:  # applied: isolating finds them applied, and acks
-                await consumer.isolate(deliveries, error)
+                try:
+                    await consumer.isolate(deliveries, error)
+                except Exception:
+                    log.exception("%s: acks left to redelivery", consumer.durable)
+        with contextlib.suppress(Exception):  # an observer's failure is not the projector's
+            _observe(self._observer, outcomes)
+
+    async def _alone_after(
+        self,
+        batch: tuple[PartitionConsumer, list[Delivery]],
+        held: dict[int, PartitionConsumer],
+    ) -> None:
+        consumer = batch[0]
+        try:
+            await self._commit([batch], held)
+        except Exception:
+            log.exception("%s: transaction lost; its events come back", consumer.durable)
+        finally:
+            held.pop(consumer.partition, None)
+            self._release(consumer)
 
 
 class PartitionConsumer:
@@ -506,6 +557,7 @@ class PartitionConsumer:
             for d in self._group.withdraw(self):
                 with contextlib.suppress(Exception):
                     await d.msg.nak()
+            await self._group.settled(self)
             await sub.unsubscribe()
 
     async def handle(self, deliveries: list[Delivery]) -> None:

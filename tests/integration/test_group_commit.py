@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,6 +49,28 @@ class _Partition(PartitionConsumer):
 
     async def isolate(self, deliveries: list[Delivery], error: Exception) -> None:
         self.isolated.extend(deliveries)
+
+
+class _Spying(GroupCommit):
+    """Counts the partition's transactions in flight at once."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.in_flight: Counter[int] = Counter()
+        self.most_in_flight = 0
+
+    async def _commit(
+        self,
+        batches: list[tuple[PartitionConsumer, list[Delivery]]],
+        held: dict[int, PartitionConsumer],
+    ) -> None:
+        partitions = [c.partition for c, _ in batches]
+        self.in_flight.update(partitions)
+        self.most_in_flight = max(self.most_in_flight, *self.in_flight.values())
+        try:
+            await super()._commit(batches, held)
+        finally:
+            self.in_flight.subtract(partitions)
 
 
 def _placed(overrides: dict[int, dict[str, Any]] | None = None) -> tuple[str, Delivery]:
@@ -128,7 +151,7 @@ async def test_a_partition_has_one_transaction_in_flight_so_its_events_apply_in_
 ) -> None:
     # Every batch full: each goes at once in a transaction of its own.
     settings = ProjectorSettings(linger_s=0, batch=1)
-    group = GroupCommit(engine, list(appliers(store).values()), settings)
+    group = _Spying(engine, list(appliers(store).values()), settings)
     partition = _Partition(0, group)
     order_id = str(uuid.uuid4())
     stream = fake_events(order_id, unique("c"), unique("sku"))[:3]
@@ -140,6 +163,7 @@ async def test_a_partition_has_one_transaction_in_flight_so_its_events_apply_in_
     # Out of order, version 2 would have found a gap, which these made-up events (not in the
     # event store) cannot fill: the batch would have been isolated.
     assert partition.isolated == []
+    assert group.most_in_flight == 1
     async with engine.connect() as conn:
         version = await conn.scalar(
             sa.text("SELECT version FROM readmodel.orders WHERE order_id = :o"), {"o": order_id}
@@ -147,7 +171,7 @@ async def test_a_partition_has_one_transaction_in_flight_so_its_events_apply_in_
     assert version == 3
 
 
-async def test_a_failing_transaction_hands_each_partition_its_own_share(
+async def test_after_a_failed_transaction_each_partition_tries_its_own_share_alone(
     engine: AsyncEngine, store: EventStore
 ) -> None:
     group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
@@ -156,8 +180,34 @@ async def test_a_failing_transaction_hands_each_partition_its_own_share(
     # A NUL, which the contract (as Postgres jsonb) refuses.
     _, poison = _placed(overrides={1: {"customer_id": "x\u0000"}})
     group.add(one, [healthy])
-    group.add(two, [poison])
+    group.add(two, [poison])  # both in one transaction, which fails
     await group.close()
-    assert (one.isolated, two.isolated) == ([healthy], [poison])
-    assert await _writers(engine, [healthy_id]) == {}  # rolled back with the poison
-    assert not _acked(healthy).done() and not _acked(poison).done()
+    # The healthy share committed on its own; only the culprit's partition isolates.
+    assert (one.isolated, two.isolated) == ([], [poison])
+    assert list(await _writers(engine, [healthy_id])) == [healthy_id]
+    assert _acked(healthy).done() and not _acked(poison).done()
+
+
+async def test_a_stopping_partition_waits_for_its_transaction_in_flight(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
+    partition = _Partition(0, group)
+    order_id, delivery = _placed()
+    async with engine.connect() as blocker:
+        # An uncommitted checkpoint row of the order: the projector's transaction waits on it.
+        await blocker.execute(
+            sa.text(
+                "INSERT INTO projections.checkpoints (order_id, projection, version) "
+                "VALUES (:o, 'orders', 0)"
+            ),
+            {"o": order_id},
+        )
+        group.add(partition, [delivery])
+        settled = asyncio.create_task(group.settled(partition))
+        await asyncio.sleep(LINGER)
+        assert not settled.done()  # its transaction is in flight
+        await blocker.rollback()
+    await asyncio.wait_for(settled, 30)
+    assert _acked(delivery).done()
+    await group.close()
