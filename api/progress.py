@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -67,45 +67,54 @@ class AppliedWatch:
             if wakeup is not None:
                 wakeup.set()
 
-    async def wait_for(
-        self,
-        projection: str,
-        order_id: str,
-        reached: Callable[[], Awaitable[bool]],
-        timeout: float,
-    ) -> bool:
-        """True once `reached()` is (looked at again whenever the projection changes the
-        order); False if `timeout` passes first. Bounded: past `api.max_min_version_waits`
-        waits at once, `TooManyWaits` at once."""
-        if self._waiting >= self._settings.api.max_min_version_waits:
-            raise TooManyWaits("too many read-your-writes waits at once; retry in a second")
+    @contextlib.asynccontextmanager
+    async def watching(self, projection: str, order_id: str) -> AsyncIterator[Changes]:
+        """Watch the order's changes in the projection from now on: enter before reading the
+        order, so that a commit between that read and a wait is not missed."""
         key = (projection, order_id)
-        self._waiting += 1
         self._waiters[key] += 1
         try:
-            return await self._wait_for(key, reached, timeout)
+            yield Changes(self, key)
         finally:
-            self._waiting -= 1
             self._waiters[key] -= 1
             if not self._waiters[key]:
                 del self._waiters[key]
                 self._wakeups.pop(key, None)
 
-    async def _wait_for(
-        self, key: tuple[str, str], reached: Callable[[], Awaitable[bool]], timeout: float
-    ) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            # Take the wake-up before looking, so a commit between the two is not missed.
-            wakeup = self._wakeups.setdefault(key, asyncio.Event())
-            if await reached():
-                return True
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                # A look every so often even without a notification: a listener may miss one.
-                await asyncio.wait_for(
-                    wakeup.wait(), min(remaining, self._settings.api.min_version_poll_s)
-                )
+    def _arm(self, key: tuple[str, str]) -> asyncio.Event:
+        return self._wakeups.setdefault(key, asyncio.Event())
+
+
+class Changes:
+    """One order's changes in one projection, as `AppliedWatch.watching` sees them."""
+
+    def __init__(self, watch: AppliedWatch, key: tuple[str, str]) -> None:
+        self._watch = watch
+        self._key = key
+        self._armed = watch._arm(key)  # set by the next change after this point
+
+    async def wait_for(self, reached: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+        """After the caller looked and found the order behind: True once `reached()` is,
+        looked at again at each change of the order (and every `min_version_poll_s`, since a
+        listener may miss a notification); False if `timeout` passes first. Bounded: past
+        `api.max_min_version_waits` waits at once, `TooManyWaits` at once."""
+        watch = self._watch
+        settings = watch._settings.api
+        if watch._waiting >= settings.max_min_version_waits:
+            raise TooManyWaits("too many read-your-writes waits at once; retry in a second")
+        watch._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while (remaining := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._armed.wait(), min(remaining, settings.min_version_poll_s)
+                    )
+                # Armed again before looking, so a commit during the look is not missed.
+                self._armed = watch._arm(self._key)
+                if await reached():
+                    return True
+            return False
+        finally:
+            watch._waiting -= 1

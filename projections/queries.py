@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,7 +31,6 @@ __all__ = [
     "dead_lettered",
     "get_order",
     "list_orders",
-    "order_version",
     "projection_status",
     "sales",
 ]
@@ -125,16 +123,6 @@ async def get_order(engine: AsyncEngine, order_id: str) -> Row | None:
             )
         ).one_or_none()
     return None if row is None else dict(row._mapping)
-
-
-async def order_version(pool: asyncpg.Pool, order_id: str) -> int | None:
-    """The last version of the order the orders read model has applied (None: it has none
-    yet). One indexed read on the plain pool, for a read-your-writes waiter that asks again at
-    each batch the projector commits."""
-    version: int | None = await pool.fetchval(
-        f"SELECT version FROM {ORDERS_TABLE} WHERE order_id = $1", order_id
-    )
-    return version
 
 
 async def list_orders(

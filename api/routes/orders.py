@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -169,27 +170,34 @@ async def get_order(
     ] = None,
 ) -> OrderOut:
     """The order read model (PENDING with version 0 until the projector has its first event)."""
-    found = await _order(ctx, str(order_id))
-    if found is None:
-        raise NotFound(f"order {order_id} not found")
-    row: dict[str, Any] = found
-    if min_version is not None and row["version"] < min_version:
+    oid = str(order_id)
+    async with contextlib.AsyncExitStack() as stack:
+        # With min_version, the order's changes are watched before the first read, so that a
+        # commit between that read and the wait is not missed.
+        changes = None
+        if min_version is not None:
+            changes = await stack.enter_async_context(ctx.watch.watching("orders", oid))
+        found = await _order(ctx, oid)
+        if found is None:
+            raise NotFound(f"order {order_id} not found")
+        row: dict[str, Any] = found
+        if changes is not None and min_version is not None and row["version"] < min_version:
+            wanted = min_version
 
-        async def reached() -> bool:
-            version = await queries.order_version(ctx.pool, str(order_id))
-            return version is not None and version >= min_version
+            async def reached() -> bool:
+                nonlocal row
+                row = await _order(ctx, oid) or row
+                return int(row["version"]) >= wanted
 
-        try:
-            timeout = ctx.settings.api.min_version_timeout
-            await ctx.watch.wait_for("orders", str(order_id), reached, timeout)
-        except TooManyWaits as error:
-            raise Busy(str(error)) from error
-        row = await _order(ctx, str(order_id)) or row
-        # Judged on the row answered, so the two headers never disagree.
-        if row["version"] < min_version:
-            response.headers[STALE_HEADER] = "true"
-            if await queries.dead_lettered(ctx.engine, "orders", str(order_id)):
-                response.headers[BLOCKED_HEADER] = "true"
+            try:
+                await changes.wait_for(reached, ctx.settings.api.min_version_timeout)
+            except TooManyWaits as error:
+                raise Busy(str(error)) from error
+            # Judged on the row answered, so the two headers never disagree.
+            if row["version"] < wanted:
+                response.headers[STALE_HEADER] = "true"
+                if await queries.dead_lettered(ctx.engine, "orders", oid):
+                    response.headers[BLOCKED_HEADER] = "true"
     response.headers[VERSION_HEADER] = str(row["version"])
     return OrderOut(**row)
 

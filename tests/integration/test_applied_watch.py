@@ -40,33 +40,60 @@ async def test_a_waiter_looks_again_only_when_its_order_changed(
     async def notify(payload: str) -> None:
         await pool.execute("SELECT pg_notify($1, $2)", APPLIED_CHANNEL, payload)
 
-    # No periodic look in this test: only a notification wakes a waiter.
-    quiet = settings.model_copy(
-        update={"api": settings.api.model_copy(update={"min_version_poll_s": 60.0})}
-    )
-    async with AppliedWatch(quiet) as watch:
-        mine = asyncio.create_task(watch.wait_for("orders", "mine", looking("mine"), 20))
-        other = asyncio.create_task(watch.wait_for("orders", "other", looking("other"), 20))
-        await eventually(lambda: _both_looked(looks), 5, "both waiters to look once")
+    async with (
+        AppliedWatch(_quiet(settings)) as watch,
+        watch.watching("orders", "mine") as my_changes,
+        watch.watching("orders", "other") as other_changes,
+    ):
+        # Each caller has read its order and found it behind: now they wait.
+        mine = asyncio.create_task(my_changes.wait_for(looking("mine"), 20))
+        other = asyncio.create_task(other_changes.wait_for(looking("other"), 20))
 
         await notify(applied_payload("orders", {"other", "third"}))
-        await eventually(lambda: _looked(looks, "other", 2), 5, "the other waiter to look again")
-        assert looks["mine"] == 1  # not its order: not woken
+        await eventually(lambda: _looked(looks, "other", 1), 5, "the other waiter to look")
+        assert looks["mine"] == 0  # not its order: not woken
 
         await notify(applied_payload("customer_orders", {"mine"}))
         done["mine"] = True
         await notify(applied_payload("orders", {"mine"}))
         assert await asyncio.wait_for(mine, 5) is True
-        assert looks["mine"] == 2  # woken once, by its own projection and order
+        assert looks["mine"] == 1  # woken once, by its own projection and order
 
         done["other"] = True
         await notify("orders")  # names no order: wakes every waiter of the projection
         assert await asyncio.wait_for(other, 5) is True
-        assert (watch._wakeups, watch._waiters) == ({}, {})  # nothing left behind
+    assert (watch._wakeups, watch._waiters) == ({}, {})  # nothing left behind
 
 
-async def _both_looked(looks: dict[str, int]) -> bool | None:
-    return True if looks["mine"] >= 1 and looks["other"] >= 1 else None
+async def test_a_change_between_the_first_read_and_the_wait_is_not_missed(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    async with (
+        AppliedWatch(_quiet(settings)) as watch,
+        watch.watching("orders", "mine") as changes,
+    ):
+        # The caller reads the order (behind), and the projector commits before it waits.
+        await pool.execute(
+            "SELECT pg_notify($1, $2)", APPLIED_CHANNEL, applied_payload("orders", {"mine"})
+        )
+        await eventually(lambda: _notified(watch), 5, "the notification to arrive")
+
+        async def reached() -> bool:
+            return True
+
+        # Answered at once, not at the next periodic look (a minute away).
+        assert await asyncio.wait_for(changes.wait_for(reached, 20), 5) is True
+
+
+def _quiet(settings: Settings) -> Settings:
+    """No periodic look: only a notification wakes a waiter."""
+    return settings.model_copy(
+        update={"api": settings.api.model_copy(update={"min_version_poll_s": 60.0})}
+    )
+
+
+async def _notified(watch: AppliedWatch) -> bool | None:
+    return True if ("orders", "mine") not in watch._wakeups else None
 
 
 async def _looked(looks: dict[str, int], order: str, n: int) -> bool | None:
