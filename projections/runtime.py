@@ -437,14 +437,15 @@ class GroupCommit:
     async def _run(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> None:
         """Commit the batches together; each partition is released as soon as its events are
         settled (applied and acked, or isolated)."""
-        held = {c.partition: c for c, _ in batches}
+        handed_on = False
         try:
-            await self._commit(batches, held)
+            handed_on = await self._commit(batches)
         except Exception:  # what it held comes back after ack_wait; the rest goes on
             log.exception("projector transaction of %d partition(s) lost", len(batches))
         finally:
-            for consumer in list(held.values()):
-                self._release(consumer)
+            if not handed_on:
+                for consumer, _ in batches:
+                    self._release(consumer)
 
     async def _commit_shared(self) -> None:
         loop = asyncio.get_running_loop()
@@ -459,11 +460,9 @@ class GroupCommit:
                 await self._run(self._take(ready))
                 self._ended = loop.time()
 
-    async def _commit(
-        self,
-        batches: list[tuple[PartitionConsumer, list[Delivery]]],
-        held: dict[int, PartitionConsumer],
-    ) -> None:
+    async def _commit(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> bool:
+        """Apply and ack the batches in one transaction, or isolate; True when the partitions
+        were handed on to transactions of their own (which release them)."""
         try:
             async with self._engine.begin() as conn:
                 outcomes = await apply_deliveries(
@@ -473,12 +472,13 @@ class GroupCommit:
             if len(batches) == 1:  # the culprit is in this share: isolate it
                 consumer, deliveries = batches[0]
                 await consumer.isolate(deliveries, error)
-                return
+                return False
             # Which share holds the culprit is unknown: each partition tries its own at once,
             # in a transaction of its own, and is released when it is done; only the culprit's
-            # isolates, and the others do not wait for it.
-            await asyncio.gather(*(self._alone_after(b, held) for b in batches))
-            return
+            # isolates, and neither the others nor the shared transactions wait for it.
+            for batch in batches:
+                self._spawn(self._run([batch]))
+            return True
         for consumer, deliveries in batches:
             try:
                 for d in deliveries:
@@ -490,20 +490,7 @@ class GroupCommit:
                     log.exception("%s: acks left to redelivery", consumer.durable)
         with contextlib.suppress(Exception):  # an observer's failure is not the projector's
             _observe(self._observer, outcomes)
-
-    async def _alone_after(
-        self,
-        batch: tuple[PartitionConsumer, list[Delivery]],
-        held: dict[int, PartitionConsumer],
-    ) -> None:
-        consumer = batch[0]
-        try:
-            await self._commit([batch], held)
-        except Exception:
-            log.exception("%s: transaction lost; its events come back", consumer.durable)
-        finally:
-            held.pop(consumer.partition, None)
-            self._release(consumer)
+        return False
 
 
 class PartitionConsumer:

@@ -44,11 +44,15 @@ class _Partition(PartitionConsumer):
 
     def __init__(self, partition: int, group: GroupCommit) -> None:
         self.partition = partition
+        self.durable = f"test-partition-{partition}"  # what the group's logs name
         self._group = group
         self.isolated: list[Delivery] = []
+        self.hold: asyncio.Event | None = None  # set: an isolation that takes its time
 
     async def isolate(self, deliveries: list[Delivery], error: Exception) -> None:
         self.isolated.extend(deliveries)
+        if self.hold is not None:
+            await self.hold.wait()
 
 
 class _Spying(GroupCommit):
@@ -59,16 +63,12 @@ class _Spying(GroupCommit):
         self.in_flight: Counter[int] = Counter()
         self.most_in_flight = 0
 
-    async def _commit(
-        self,
-        batches: list[tuple[PartitionConsumer, list[Delivery]]],
-        held: dict[int, PartitionConsumer],
-    ) -> None:
+    async def _commit(self, batches: list[tuple[PartitionConsumer, list[Delivery]]]) -> bool:
         partitions = [c.partition for c, _ in batches]
         self.in_flight.update(partitions)
         self.most_in_flight = max(self.most_in_flight, *self.in_flight.values())
         try:
-            await super()._commit(batches, held)
+            return await super()._commit(batches)
         finally:
             self.in_flight.subtract(partitions)
 
@@ -210,4 +210,24 @@ async def test_a_stopping_partition_waits_for_its_transaction_in_flight(
         await blocker.rollback()
     await asyncio.wait_for(settled, 30)
     assert _acked(delivery).done()
+    await group.close()
+
+
+async def test_a_slow_isolation_holds_up_only_its_own_partition(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
+    one, two = _Partition(1, group), _Partition(2, group)
+    two.hold = asyncio.Event()
+    _, healthy = _placed()
+    _, poison = _placed(overrides={1: {"customer_id": "x\u0000"}})
+    group.add(one, [healthy])
+    group.add(two, [poison])  # one transaction, which fails; the culprit's isolation hangs
+    await _all_acked([healthy])
+    # The next shared transaction does not wait for that isolation.
+    _, later = _placed()
+    group.add(one, [later])
+    await _all_acked([later])
+    assert two.isolated == [poison]
+    two.hold.set()
     await group.close()
