@@ -41,10 +41,27 @@ TOKEN_FLAKY = "tok_flaky"
 FLAKY_FAILURES = 2
 UNSHIPPABLE_COUNTRY = "ZZ"
 
+# What `inventory.reserve` raises (migration 0008): a SKU short of stock, or a retry that finds
+# the order's reservation released already.
+_SHORTAGE = "OSI01"
+_NOT_RESERVED = "OSR01"
+
+
+def _raised(error: sa.exc.DBAPIError) -> str | None:
+    """The SQLSTATE a database function raised."""
+    return getattr(error.orig, "sqlstate", None)
+
+
+def _message(error: sa.exc.DBAPIError) -> str:
+    """The message a database function raised, without the driver's prefix."""
+    cause = error.orig.__cause__ if error.orig is not None else None
+    return str(getattr(cause, "message", None) or cause or error.orig)
+
 
 class PostgresInventory:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def set_stock(self, sku: str, available: int) -> dict[str, Any]:
         async with self._engine.begin() as conn:
@@ -74,53 +91,25 @@ class PostgresInventory:
         wanted = Counter[str]()
         for item in items:
             wanted[item.sku] += item.quantity
-        async with self._engine.begin() as conn:
-            # The reservation row goes first: a concurrent retry for the same order waits on it
-            # and then finds it, instead of taking the stock a second time.
-            inserted = (
-                await conn.execute(
-                    sa.text(
-                        "INSERT INTO inventory.reservations (order_id, lines, status) "
-                        "VALUES (:o, CAST(:l AS jsonb), 'RESERVED') "
-                        "ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
-                    ),
-                    {"o": order_id, "l": json.dumps(dict(wanted))},
-                )
-            ).one_or_none()
-            if inserted is None:
-                return await self._existing(conn, order_id)
-            # Sorted, so two orders touching the same SKUs lock them in the same order.
-            for sku in sorted(wanted):
-                taken = (
+        # One call, atomic (`inventory.reserve`, migration 0008): the reservation row first, so a
+        # concurrent retry of the order waits on it and then finds it; then each SKU, in sorted
+        # order; a shortage raises and takes nothing. No transaction around it: one round trip.
+        try:
+            async with self._autocommit.connect() as conn:
+                lines = (
                     await conn.execute(
-                        sa.text(
-                            "UPDATE inventory.stock SET available = available - :q, "
-                            "reserved = reserved + :q, updated_at = now() "
-                            "WHERE sku = :s AND available >= :q RETURNING sku"
-                        ),
-                        {"s": sku, "q": wanted[sku]},
+                        sa.text("SELECT inventory.reserve(:o, CAST(:l AS jsonb))"),
+                        {"o": order_id, "l": json.dumps(dict(wanted))},
                     )
-                ).one_or_none()
-                if taken is None:
-                    have = (
-                        await conn.execute(
-                            sa.text("SELECT available FROM inventory.stock WHERE sku = :s"),
-                            {"s": sku},
-                        )
-                    ).scalar_one_or_none()
-                    raise OutOfStock(f"sku {sku}: {wanted[sku]} requested, {have or 0} available")
-        return Reservation(order_id, dict(wanted))
-
-    async def _existing(self, conn: AsyncConnection, order_id: str) -> Reservation:
-        row = (
-            await conn.execute(
-                sa.text("SELECT lines, status FROM inventory.reservations WHERE order_id = :o"),
-                {"o": order_id},
-            )
-        ).one()
-        if row.status != "RESERVED":
-            raise RuntimeError(f"reservation of order {order_id} was {row.status} already")
-        return Reservation(order_id, dict(row.lines))
+                ).scalar_one()
+        except sa.exc.DBAPIError as error:
+            raised = _raised(error)
+            if raised == _SHORTAGE:
+                raise OutOfStock(_message(error)) from None
+            if raised == _NOT_RESERVED:
+                raise RuntimeError(_message(error)) from None
+            raise
+        return Reservation(order_id, dict(lines))
 
     async def release(self, order_id: str) -> Reservation | None:
         async with self._engine.begin() as conn:
@@ -176,6 +165,7 @@ class PostgresInventory:
 class PostgresPayments:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def _find(self, conn: AsyncConnection, order_id: str, kind: str) -> Payment | None:
         row = (
@@ -214,23 +204,19 @@ class PostgresPayments:
                 raise TransientParticipantError(
                     f"payment provider timed out (test token {TOKEN_FLAKY}, attempt {attempt})"
                 )
-        async with self._engine.begin() as conn:
-            await self._lock(conn, order_id)
-            # Captured once: a retry finds the capture (ON CONFLICT) and takes nothing more; a
-            # payment its refund voided first is not captured at all.
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO payments.ledger (order_id, kind, amount, currency) "
-                    "SELECT :o, 'CAPTURE', :a, :c WHERE NOT EXISTS (SELECT 1 FROM payments.ledger "
-                    "WHERE order_id = :o AND kind = 'VOID') "
-                    "ON CONFLICT (order_id, kind) DO NOTHING"
-                ),
-                {"o": order_id, "a": amount, "c": currency},
-            )
-            captured = await self._find(conn, order_id, "CAPTURE")
-        if captured is None:
+        # One call (`payments.capture`, migration 0008) under the order's payment lock: captured
+        # once (a retry finds the capture and takes nothing more); a payment its refund voided
+        # first is not captured at all.
+        async with self._autocommit.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.text("SELECT * FROM payments.capture(:o, :a, :c)"),
+                    {"o": order_id, "a": amount, "c": currency},
+                )
+            ).one_or_none()
+        if row is None:
             raise RuntimeError(f"payment of order {order_id} was voided by its refund already")
-        return captured
+        return Payment(order_id, row.payment_id, row.amount, row.currency)
 
     @staticmethod
     async def _lock(conn: AsyncConnection, order_id: str) -> None:

@@ -34,8 +34,9 @@ async def test_reserve_is_idempotent_and_all_or_nothing(engine: AsyncEngine) -> 
     assert first.lines == second.lines == {a: 3}
     assert await inventory.get_stock(a) == {"sku": a, "available": 2, "reserved": 3}
 
-    with pytest.raises(OutOfStock, match=b):
+    with pytest.raises(OutOfStock) as shortage:
         await inventory.reserve(oid(), [OrderItem(a, 1, 1), OrderItem(b, 2, 1)])
+    assert str(shortage.value) == f"sku {b}: 2 requested, 1 available"
     # Nothing of the failed reservation stayed behind.
     stock = await inventory.get_stock(a)
     assert stock is not None and stock["available"] == 2
@@ -45,6 +46,32 @@ async def test_reserve_is_idempotent_and_all_or_nothing(engine: AsyncEngine) -> 
     assert await inventory.release(order) == released  # again: same answer, no double release
     assert await inventory.get_stock(a) == {"sku": a, "available": 5, "reserved": 0}
     assert await inventory.release(oid()) is None  # never reserved: nothing to release
+
+
+async def test_concurrent_reservations_of_shared_skus_take_exactly_the_stock(
+    engine: AsyncEngine,
+) -> None:
+    """Orders naming the same SKUs in either order, all at once: SKUs are locked in one order
+    (no deadlock), and the stock taken is exactly what the successful reservations hold."""
+    inventory = PostgresInventory(engine)
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"B-{uuid.uuid4().hex[:8]}"
+    await inventory.set_stock(a, 30)
+    await inventory.set_stock(b, 12)
+    orders = [
+        [OrderItem(a, 2, 1), OrderItem(b, 1, 1)]
+        if i % 2
+        else [OrderItem(b, 1, 1), OrderItem(a, 2, 1)]
+        for i in range(20)
+    ]
+    outcomes = await asyncio.gather(
+        *(inventory.reserve(oid(), items) for items in orders), return_exceptions=True
+    )
+    held = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert all(isinstance(r, OutOfStock) for r in refused), refused
+    assert len(held) == 12  # b runs out first
+    assert await inventory.get_stock(a) == {"sku": a, "available": 6, "reserved": 24}
+    assert await inventory.get_stock(b) == {"sku": b, "available": 0, "reserved": 12}
 
 
 async def test_payments_follow_the_test_mode_rules(engine: AsyncEngine) -> None:
