@@ -62,7 +62,7 @@ async def test_worker_killed_mid_saga_completes_once(
                 waiting = await probe.execute(
                     sa.text(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'UPDATE inventory.stock%'"
+                        "AND query LIKE '%inventory.reserve(%'"
                     )
                 )
                 return True if waiting.scalar_one() > 0 else None
