@@ -11,13 +11,14 @@ event id is derived from (order, version, type), so a second append stores nothi
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from ordersaga import events
-from ordersaga.contracts import registry
+from ordersaga.contracts import payloads, registry
 from ordersaga.contracts.payloads import (
     InventoryReleased,
     InventoryReservationFailed,
@@ -141,6 +142,11 @@ class OrderActivities:
     @activity.defn
     async def reserve_inventory(self, step: StepInput) -> StepResult:
         order = step.order
+        if step.placed:
+            # The saga's first fact, before anything is asked of a participant (revision 3). A
+            # retry finds it stored and follows it; the outcome is recorded after it.
+            placed = payloads.placed(order)
+            step = replace(step, expected_version=await self._record(step.expected_version, placed))
         try:
             reservation = await self._inventory.reserve(order.order_id, order.items)
         except BusinessError as error:

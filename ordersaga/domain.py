@@ -176,7 +176,7 @@ class SagaPolicy:
 
 
 # The revision of the saga's behaviour that new sagas start with (`SagaInput.revision`).
-SAGA_REVISION = 2
+SAGA_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,10 @@ class SagaInput:
     1: the `OrderStatus` search attribute is upserted at every status change.
     2: not at a step's progress (INVENTORY_RESERVED, PAYMENT_CAPTURED): the search attribute
     holds PENDING, then COMPENSATING, REQUIRES_ATTENTION or the outcome.
+    3: `order.placed` is recorded by the first step's activity (`StepInput.placed`), just before
+    it calls the inventory, not by a local activity of its own: one activity execution and one
+    workflow activation less per saga on the worker, one marker less in the history. A saga that
+    ends before that activity recorded it records it as before, first.
     """
 
     order: Order
@@ -199,10 +203,14 @@ class SagaInput:
 
 @dataclass(frozen=True)
 class StepInput:
-    """One participant call plus the event that records its outcome at `expected_version + 1`."""
+    """One participant call plus the event that records its outcome at `expected_version + 1`.
+
+    `placed`: record `order.placed` at `expected_version + 1` first, and the outcome after it
+    (the saga's first step, from revision 3 on)."""
 
     order: Order
     expected_version: int
+    placed: bool = False
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class OrderSaga:
         self._attention_error: str | None = None
         self._policy = SagaPolicy()
         self._revision = 1
+        self._placed = False
 
     @workflow.run
     async def run(self, saga: SagaInput) -> SagaState:
@@ -96,27 +97,35 @@ class OrderSaga:
         self._order_id = order.order_id
         self._policy = saga.policy
         self._revision = saga.revision
-        await self._record(payloads.placed(order))
+        if self._revision < 3:
+            await self._record_placed(order)
 
         attempted: list[Step] = []
         for step in Step:
             if self._cancel_requested:
                 break
             attempted.append(step)
+            # From revision 3 the first step's activity records `order.placed` before its call.
+            placed = not self._placed
             try:
                 p = self._policy
-                step_call = self._start(FORWARD[step], order, p.step_budget_s, p.step_max_attempts)
+                step_call = self._start(
+                    FORWARD[step], order, p.step_budget_s, p.step_max_attempts, placed=placed
+                )
                 result = await self._shielded(step_call)
             except ActivityError as error:
                 refusal = business_refusal(error)
                 if refusal is not None:
                     # The participant refused: nothing of this step is held, and its failure
-                    # fact is recorded already, at the version the error carries.
+                    # fact is recorded already (after `order.placed`, when the step recorded
+                    # that too), at the version the error carries.
                     attempted.pop()
                     self._reason, self._version = refusal
+                    self._placed = True
                 else:
                     self._reason = CancelReason.STEP_FAILED
                 break
+            self._placed = True
             self._version = result.version
             self._completed.append(step)
             self._set_status(STATUS_AFTER[step])
@@ -129,6 +138,10 @@ class OrderSaga:
             self._set_status(OrderStatus.CONFIRMED)
             return self.status()
 
+        # Ended before its first step recorded `order.placed` (a cancel came first, or the step
+        # ran out of time, maybe after recording it: recording follows the stream then).
+        if not self._placed:
+            await self._record_placed(order)
         self._set_status(OrderStatus.COMPENSATING)
         for step in reversed(attempted):
             await self._compensate(COMPENSATE[step], order)
@@ -196,14 +209,14 @@ class OrderSaga:
                 self._cancel_detail = self._cancel_detail or "workflow cancellation requested"
 
     def _start(
-        self, name: str, order: Order, budget_s: float, max_attempts: int
+        self, name: str, order: Order, budget_s: float, max_attempts: int, placed: bool = False
     ) -> Awaitable[StepResult]:
         """Start a participant activity at the current stream version, retried with the saga's
         capped backoff until it answers or its time budget runs out."""
         p = self._policy
         return workflow.start_activity(
             name,
-            StepInput(order, self._version),
+            StepInput(order, self._version, placed),
             result_type=StepResult,
             start_to_close_timeout=timedelta(seconds=p.activity_timeout_s),
             schedule_to_close_timeout=timedelta(seconds=budget_s) if budget_s > 0 else None,
@@ -239,6 +252,10 @@ class OrderSaga:
 
     def _retry_is_requested(self) -> bool:
         return self._retry_requested
+
+    async def _record_placed(self, order: Order) -> None:
+        await self._record(payloads.placed(order))
+        self._placed = True
 
     async def _record(self, payload: Payload) -> None:
         # A local activity: recording rides in the current workflow task, with no extra round

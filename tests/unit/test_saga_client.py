@@ -24,4 +24,4 @@ async def test_new_sagas_start_at_the_current_revision() -> None:
     assert await SagaClient(temporal, "orders").start(order, SagaPolicy())  # type: ignore[arg-type]
     [saga] = temporal.started
     assert isinstance(saga, SagaInput)
-    assert saga.revision == SAGA_REVISION == 2
+    assert saga.revision == SAGA_REVISION == 3

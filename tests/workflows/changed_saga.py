@@ -1,7 +1,7 @@
 """A worked example of changing the workflow safely, used by `test_patching.py`.
 
-The change: screen every order for fraud (a new activity, `screen_order`) right after it is
-placed. A new activity is a new command in the history, so a saga that was running before the
+The change: screen every order for fraud (a new activity, `screen_order`) before its first
+step. A new activity is a new command in the history, so a saga that was running before the
 change would no longer replay. Three stages of the same change, each registered as `OrderSaga`:
 
 1. `Unguarded`: the change as one would first write it. It breaks every running saga.
@@ -17,23 +17,29 @@ change would no longer replay. Three stages of the same change, each registered 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from ordersaga.contracts.payloads import OrderPlaced, Payload
-    from ordersaga.domain import SagaInput, SagaState
-    from workflows.order_saga import OrderSaga
+    from ordersaga.domain import Order, SagaInput, SagaState, Step, StepResult
+    from workflows.order_saga import FORWARD, OrderSaga
 
 PATCH = "screen-order"
+FIRST_STEP = FORWARD[Step.INVENTORY]
 
 
-async def _screen(payload: Payload) -> None:
-    if isinstance(payload, OrderPlaced):
-        await workflow.execute_activity(
-            "screen_order", payload.order_id, start_to_close_timeout=timedelta(seconds=10)
-        )
+async def _screen(order: Order) -> None:
+    await workflow.execute_activity(
+        "screen_order", order.order_id, start_to_close_timeout=timedelta(seconds=10)
+    )
+
+
+async def _screened(order: Order, step: Callable[[], Awaitable[StepResult]]) -> StepResult:
+    """Screen the order, then start its first step."""
+    await _screen(order)
+    return await step()
 
 
 @workflow.defn(name="OrderSaga")
@@ -42,9 +48,13 @@ class Unguarded(OrderSaga):
     async def run(self, saga: SagaInput) -> SagaState:
         return await super().run(saga)
 
-    async def _record(self, payload: Payload) -> None:
-        await super()._record(payload)
-        await _screen(payload)
+    def _start(
+        self, name: str, order: Order, budget_s: float, max_attempts: int, placed: bool = False
+    ) -> Awaitable[StepResult]:
+        if name != FIRST_STEP:
+            return super()._start(name, order, budget_s, max_attempts, placed)
+        start = super()._start
+        return _screened(order, lambda: start(name, order, budget_s, max_attempts, placed))
 
 
 @workflow.defn(name="OrderSaga")
@@ -53,10 +63,13 @@ class Patched(OrderSaga):
     async def run(self, saga: SagaInput) -> SagaState:
         return await super().run(saga)
 
-    async def _record(self, payload: Payload) -> None:
-        await super()._record(payload)
-        if workflow.patched(PATCH):
-            await _screen(payload)
+    def _start(
+        self, name: str, order: Order, budget_s: float, max_attempts: int, placed: bool = False
+    ) -> Awaitable[StepResult]:
+        if name != FIRST_STEP or not workflow.patched(PATCH):
+            return super()._start(name, order, budget_s, max_attempts, placed)
+        start = super()._start
+        return _screened(order, lambda: start(name, order, budget_s, max_attempts, placed))
 
 
 @workflow.defn(name="OrderSaga")
@@ -65,7 +78,11 @@ class Retired(OrderSaga):
     async def run(self, saga: SagaInput) -> SagaState:
         return await super().run(saga)
 
-    async def _record(self, payload: Payload) -> None:
-        await super()._record(payload)
+    def _start(
+        self, name: str, order: Order, budget_s: float, max_attempts: int, placed: bool = False
+    ) -> Awaitable[StepResult]:
+        if name != FIRST_STEP:
+            return super()._start(name, order, budget_s, max_attempts, placed)
         workflow.deprecate_patch(PATCH)
-        await _screen(payload)
+        start = super()._start
+        return _screened(order, lambda: start(name, order, budget_s, max_attempts, placed))

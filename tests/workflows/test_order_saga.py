@@ -48,6 +48,43 @@ async def test_happy_path_runs_the_steps_in_order_and_confirms(env: WorkflowEnvi
     assert state.completed_steps == ["inventory", "payment", "shipping"]
 
 
+async def markers(handle: Handle) -> int:
+    """How many local-activity markers the saga's history holds."""
+    return sum(
+        [
+            event.HasField("marker_recorded_event_attributes")
+            async for event in handle.fetch_history_events()
+        ]
+    )
+
+
+@pytest.mark.parametrize(("revision", "local_activities"), [(2, 2), (3, 1)])
+async def test_from_revision_3_the_first_step_records_the_order_placed(
+    env: WorkflowEnvironment, revision: int, local_activities: int
+) -> None:
+    p = Participants()
+    handle, state = await start_saga(env.client, p, revision=revision)
+    assert state.status == OrderStatus.CONFIRMED and state.version == 5
+    assert p.recorded[:2] == ["order.placed", "reserve_inventory"]
+    # Revision 2 records `order.placed` and `order.confirmed` in local activities; revision 3
+    # only `order.confirmed`: the first step's activity recorded `order.placed`.
+    assert await markers(handle) == local_activities
+
+
+async def test_a_first_step_that_never_ran_still_leaves_the_order_placed_first(
+    env: WorkflowEnvironment,
+) -> None:
+    # The inventory step fails before recording anything, until its attempts run out: the saga
+    # records `order.placed` itself, then compensates and cancels after it.
+    p = Participants(transient_failures={"reserve_inventory": 99})
+    handle, state = await start_saga(env.client, p)
+    assert state.reason == CancelReason.STEP_FAILED
+    assert p.calls.count("reserve_inventory") == POLICY.step_max_attempts
+    assert p.recorded == ["order.placed", "release_inventory", "order.cancelled"]
+    assert state.version == 3
+    assert await markers(handle) == 2  # order.placed, order.cancelled
+
+
 async def upserted_statuses(handle: Handle) -> list[str]:
     """The `OrderStatus` values the saga upserted, in order (the start's PENDING not included)."""
     statuses = []

@@ -7,7 +7,8 @@ saga (each refusal, a customer's cancel, Temporal's cancel, a flaky payment, a s
 retries, a compensation that required attention and was retried), recorded when the payloads
 became typed (`python -m tests.workflows.record_histories <folder>`). `histories/step-status-off/`:
 every path again at revision 2 of `SagaInput` (the search attribute no longer follows a step's
-progress), the revision new sagas start with.
+progress). `histories/placed-in-first-step/`: every path at revision 3 (the first step's activity
+records `order.placed`), the revision new sagas start with.
 
 When a change to the workflow fails this test, guard it with `workflow.patched(...)`
 (`changed_saga.py` and `test_patching.py` work one change through); record the new code's
