@@ -144,8 +144,10 @@ class OrderActivities:
         order = step.order
         if step.placed:
             # The saga's first fact, before anything is asked of a participant (revision 3). A
-            # retry finds it stored and follows it; the outcome is recorded after it.
-            placed = payloads.placed(order)
+            # retry finds it stored and follows it; the outcome is recorded after it. Checked
+            # against its contract first, as `record_event` checks the workflow's facts.
+            built = payloads.placed(order)
+            placed = registry.current(built.event_type).model_validate(built.as_data())
             step = replace(step, expected_version=await self._record(step.expected_version, placed))
         try:
             reservation = await self._inventory.reserve(order.order_id, order.items)

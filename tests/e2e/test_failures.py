@@ -50,7 +50,7 @@ async def test_worker_killed_mid_saga_completes_once(
     restarts = worker.restarts
     sku = await stocked_sku(api, 5)
     async with engine.connect() as blocker:
-        # Lock the SKU's stock row: the reservation activity blocks inside its transaction.
+        # Lock the SKU's stock row: the reservation (one `inventory.reserve` call) blocks on it.
         await blocker.execute(
             sa.text("SELECT 1 FROM inventory.stock WHERE sku = :s FOR UPDATE"), {"s": sku}
         )
@@ -68,7 +68,10 @@ async def test_worker_killed_mid_saga_completes_once(
                 return True if waiting.scalar_one() > 0 else None
 
         await eventually(reservation_blocked, what="the reservation to block on the lock")
-        worker.kill()  # SIGKILL: no cleanup, the activity's transaction never commits
+        # SIGKILL: no cleanup and no report to Temporal. The orphaned call still completes once
+        # the lock is freed (Postgres notices the closed socket only when it answers), so the
+        # retry on the restarted worker must find that reservation and take no stock again.
+        worker.kill()
         await eventually(
             lambda: _restarted(worker.restarts, restarts), what="the supervisor to restart it"
         )

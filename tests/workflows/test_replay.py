@@ -47,5 +47,7 @@ async def test_a_recorded_saga_replays_on_the_current_workflow(name: str) -> Non
 
 def test_the_recorded_paths_are_there() -> None:
     assert set(HISTORIES) >= {"happy", "declined"} | {
-        f"{folder}/{p}" for folder in ("typed-payloads", "step-status-off") for p in PATHS
+        f"{folder}/{p}"
+        for folder in ("typed-payloads", "step-status-off", "placed-in-first-step")
+        for p in PATHS
     }
