@@ -94,6 +94,16 @@ PATHS: dict[str, SagaPath] = {
     ),
 }
 
+# Paths added after the older folders were recorded: each folder recorded since holds them too.
+# first_step_failed: the first step fails before recording anything until its attempts run out,
+# so the saga records `order.placed` itself before compensating (revision 3's fallback).
+ADDED_PATHS: dict[str, SagaPath] = {
+    "first_step_failed": SagaPath(
+        lambda: Participants(transient_failures={"reserve_inventory": 99}),
+        (OrderStatus.CANCELLED, CancelReason.STEP_FAILED),
+    ),
+}
+
 
 async def record(
     env: WorkflowEnvironment,
@@ -102,7 +112,7 @@ async def record(
     extra: Sequence[Callable[..., object]] = (),
 ) -> tuple[str, SagaState]:
     """One path's history as JSON, and how the saga ended."""
-    path = PATHS[name]
+    path = {**PATHS, **ADDED_PATHS}[name]
     participants = path.participants()
     body = path.body
 
@@ -121,7 +131,7 @@ async def record_all() -> dict[str, str]:
 
     histories = {}
     async with start_env() as env:
-        for name in PATHS:
+        for name in [*PATHS, *ADDED_PATHS]:
             histories[name], state = await record(env, name)
             print(f"{name}: {state.status} ({state.reason}), version {state.version}")
     return histories

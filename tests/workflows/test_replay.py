@@ -8,7 +8,8 @@ retries, a compensation that required attention and was retried), recorded when 
 became typed (`python -m tests.workflows.record_histories <folder>`). `histories/step-status-off/`:
 every path again at revision 2 of `SagaInput` (the search attribute no longer follows a step's
 progress). `histories/placed-in-first-step/`: every path at revision 3 (the first step's activity
-records `order.placed`), the revision new sagas start with.
+records `order.placed`), the revision new sagas start with, and one path more
+(`first_step_failed`: the saga records `order.placed` itself, revision 3's fallback).
 
 When a change to the workflow fails this test, guard it with `workflow.patched(...)`
 (`changed_saga.py` and `test_patching.py` work one change through); record the new code's
@@ -23,7 +24,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from tests.workflows.record_histories import PATHS
+from tests.workflows.record_histories import ADDED_PATHS, PATHS
 from workflows.order_saga import OrderSaga
 
 FOLDER = Path(__file__).parent / "histories"
@@ -50,4 +51,4 @@ def test_the_recorded_paths_are_there() -> None:
         f"{folder}/{p}"
         for folder in ("typed-payloads", "step-status-off", "placed-in-first-step")
         for p in PATHS
-    }
+    } | {f"placed-in-first-step/{p}" for p in ADDED_PATHS}
