@@ -139,16 +139,21 @@ class OrderActivities:
         version = await self._record(request.expected_version, payload)
         return StepResult(version)
 
+    async def _placed_first(self, step: StepInput) -> StepInput:
+        """The step at the version after `order.placed`, recorded first when the saga asks
+        (`StepInput.placed`, its first step from revision 3), before anything is asked of a
+        participant. A retry finds it stored and follows it. Checked against its contract
+        first, as `record_event` checks the facts the workflow records."""
+        if not step.placed:
+            return step
+        built = payloads.placed(step.order)
+        placed = registry.current(built.event_type).model_validate(built.as_data())
+        return replace(step, expected_version=await self._record(step.expected_version, placed))
+
     @activity.defn
     async def reserve_inventory(self, step: StepInput) -> StepResult:
+        step = await self._placed_first(step)
         order = step.order
-        if step.placed:
-            # The saga's first fact, before anything is asked of a participant (revision 3). A
-            # retry finds it stored and follows it; the outcome is recorded after it. Checked
-            # against its contract first, as `record_event` checks the workflow's facts.
-            built = payloads.placed(order)
-            placed = registry.current(built.event_type).model_validate(built.as_data())
-            step = replace(step, expected_version=await self._record(step.expected_version, placed))
         try:
             reservation = await self._inventory.reserve(order.order_id, order.items)
         except BusinessError as error:
@@ -158,6 +163,7 @@ class OrderActivities:
 
     @activity.defn
     async def capture_payment(self, step: StepInput) -> StepResult:
+        step = await self._placed_first(step)
         order = step.order
         try:
             payment = await self._payments.capture(
@@ -184,6 +190,7 @@ class OrderActivities:
 
     @activity.defn
     async def schedule_shipment(self, step: StepInput) -> StepResult:
+        step = await self._placed_first(step)
         order = step.order
         try:
             shipment = await self._shipping.schedule(order.order_id, order.shipping_address)

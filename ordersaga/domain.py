@@ -206,7 +206,8 @@ class StepInput:
     """One participant call plus the event that records its outcome at `expected_version + 1`.
 
     `placed`: record `order.placed` at `expected_version + 1` first, and the outcome after it
-    (the saga's first step, from revision 3 on)."""
+    (the saga's first step, from revision 3 on; every forward step honours it, compensations
+    never get it)."""
 
     order: Order
     expected_version: int

@@ -1,4 +1,5 @@
-"""Participants against the real Postgres: idempotent on the order id, test-mode rules."""
+"""Participants against the real Postgres: idempotent on the order id, test-mode rules; and the
+saga's step activities recording `order.placed` first when asked."""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ from activities.participants import (
     PostgresShipping,
     TransientParticipantError,
 )
-from ordersaga.domain import Address, OrderItem, OutOfStock, PaymentDeclined, ShippingUnavailable
+from activities.saga import OrderActivities
+from ordersaga.domain import (
+    Address,
+    Order,
+    OrderItem,
+    OutOfStock,
+    PaymentDeclined,
+    ShippingUnavailable,
+    StepInput,
+    StepResult,
+)
+from ordersaga.eventstore import EventStore
 
 
 def oid() -> str:
@@ -132,3 +144,32 @@ async def test_an_undo_before_its_step_voids_the_late_step(engine: AsyncEngine) 
     with pytest.raises(RuntimeError, match="CANCELLED"):
         await shipping.schedule(order, Address("Ada", "1 Main St", "Berlin", "10115", "DE"))
     assert await shipping.cancel(order) is None
+
+
+async def test_a_first_step_asked_to_records_the_order_placed_once_before_its_fact(
+    engine: AsyncEngine, store: EventStore
+) -> None:
+    """Revision 3: whichever forward step comes first records `order.placed` before its own
+    fact; a retry of the step (its first attempt's report lost) records neither again."""
+    activities = OrderActivities(
+        store, PostgresInventory(engine), PostgresPayments(engine), PostgresShipping(engine)
+    )
+    order = Order(
+        order_id=oid(),
+        customer_id="c-placed",
+        items=[OrderItem(f"p-{uuid.uuid4().hex[:8]}", 1, 700)],
+        shipping_address=Address("Ada", "1 Main St", "Berlin", "10115", "DE"),
+        payment_token="tok_visa",
+    )
+    first = StepInput(order, 0, placed=True)
+    assert await activities.capture_payment(first) == StepResult(2)
+    assert await activities.capture_payment(first) == StepResult(2)  # the retry
+    assert [e.event_type for e in await store.read_stream(order.order_id)] == [
+        "order.placed",
+        "order.payment_captured",
+    ]
+    # A step not asked to records its fact only.
+    assert await activities.schedule_shipment(StepInput(order, 2)) == StepResult(3)
+    assert [e.event_type for e in await store.read_stream(order.order_id)][2:] == [
+        "order.shipment_scheduled"
+    ]
