@@ -69,8 +69,10 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
-def store(pool: asyncpg.Pool) -> EventStore:
-    return EventStore(pool, order_upcasters())
+async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
+    s = EventStore(pool, order_upcasters())
+    yield s
+    await s.close()  # its pending coalesced NOTIFY, before the pool closes
 
 
 @pytest.fixture(scope="session")

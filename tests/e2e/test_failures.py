@@ -68,9 +68,9 @@ async def test_worker_killed_mid_saga_completes_once(
                 return True if waiting.scalar_one() > 0 else None
 
         await eventually(reservation_blocked, what="the reservation to block on the lock")
-        # SIGKILL: no cleanup and no report to Temporal. The orphaned call still completes once
-        # the lock is freed (Postgres notices the closed socket only when it answers), so the
-        # retry on the restarted worker must find that reservation and take no stock again.
+        # SIGKILL: no cleanup and no report to Temporal. The orphaned call may still complete
+        # once the lock is freed (Postgres notices the closed socket only when it answers), so
+        # the retry on the restarted worker must find that reservation and take no stock again.
         worker.kill()
         await eventually(
             lambda: _restarted(worker.restarts, restarts), what="the supervisor to restart it"
