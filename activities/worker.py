@@ -1,7 +1,7 @@
 """Composition root of the worker process: it hosts the saga workflow and these activities.
 
-settings -> engine, event store -> Temporal client -> Worker. It never talks to NATS: activities
-write to the event store, and the relay publishes.
+settings -> asyncpg pool (event store and participants) -> Temporal client -> Worker. It never
+talks to NATS: activities write to the event store, and the relay publishes.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "worker") as res:
-        engine = await res.engine()
+        # One asyncpg pool for the event store and the participants (each activity uses one
+        # connection at a time): the size of the two pools it replaces.
+        pool = await res.pool(size=2 * settings.database.pool_size)
         activities = OrderActivities(
             await res.store(),
-            PostgresInventory(engine),
-            PostgresPayments(engine),
-            PostgresShipping(engine),
+            PostgresInventory(pool),
+            PostgresPayments(pool),
+            PostgresShipping(pool),
         )
         client = await res.temporal()
         await runtime.ensure_search_attributes(client, settings)

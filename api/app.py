@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import errors
 from api.deps import AppContext
@@ -22,7 +22,7 @@ from workflows.client import SagaClient
 def create_app(
     settings: Settings | None = None,
     *,
-    make_inventory: Callable[[AsyncEngine], Inventory],
+    make_inventory: Callable[[asyncpg.Pool], Inventory],
 ) -> FastAPI:
     """`make_inventory` builds the inventory participant (the API knows only its Protocol)."""
 
@@ -41,7 +41,7 @@ def create_app(
                 await res.nats(),
                 await res.store(),
                 await res.pool(),
-                make_inventory(engine),
+                make_inventory(await res.pool()),
                 watch,
             )
             yield

@@ -8,6 +8,7 @@ import os
 import signal
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -65,7 +66,7 @@ class ReservationLostAfterRecording(OrderActivities):
 
 
 async def test_a_fact_recorded_before_the_budget_ran_out_is_adopted(
-    settings: Settings, engine: AsyncEngine, store: EventStore, nc: NATS, api: httpx.AsyncClient
+    settings: Settings, pool: asyncpg.Pool, store: EventStore, nc: NATS, api: httpx.AsyncClient
 ) -> None:
     sku = await stocked_sku(api, 0)  # out of stock: the participant refuses
     order = Order(
@@ -77,7 +78,7 @@ async def test_a_fact_recorded_before_the_budget_ran_out_is_adopted(
     )
     task_queue = unique("stuck")
     activities = ReservationLostAfterRecording(
-        store, PostgresInventory(engine), PostgresPayments(engine), PostgresShipping(engine)
+        store, PostgresInventory(pool), PostgresPayments(pool), PostgresShipping(pool)
     )
     client = await connect_temporal(settings)
     policy = SagaPolicy(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.participants import (
     PostgresInventory,
@@ -33,8 +33,8 @@ def oid() -> str:
     return f"test-{uuid.uuid4()}"
 
 
-async def test_reserve_is_idempotent_and_all_or_nothing(engine: AsyncEngine) -> None:
-    inventory = PostgresInventory(engine)
+async def test_reserve_is_idempotent_and_all_or_nothing(pool: asyncpg.Pool) -> None:
+    inventory = PostgresInventory(pool)
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
     await inventory.set_stock(a, 5)
     await inventory.set_stock(b, 1)
@@ -61,11 +61,11 @@ async def test_reserve_is_idempotent_and_all_or_nothing(engine: AsyncEngine) -> 
 
 
 async def test_concurrent_reservations_of_shared_skus_take_exactly_the_stock(
-    engine: AsyncEngine,
+    pool: asyncpg.Pool,
 ) -> None:
     """Orders naming the same SKUs in either order, all at once: SKUs are locked in one order
     (no deadlock), and the stock taken is exactly what the successful reservations hold."""
-    inventory = PostgresInventory(engine)
+    inventory = PostgresInventory(pool)
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"B-{uuid.uuid4().hex[:8]}"
     await inventory.set_stock(a, 30)
     await inventory.set_stock(b, 12)
@@ -86,8 +86,8 @@ async def test_concurrent_reservations_of_shared_skus_take_exactly_the_stock(
     assert await inventory.get_stock(b) == {"sku": b, "available": 0, "reserved": 12}
 
 
-async def test_payments_follow_the_test_mode_rules(engine: AsyncEngine) -> None:
-    payments = PostgresPayments(engine)
+async def test_payments_follow_the_test_mode_rules(pool: asyncpg.Pool) -> None:
+    payments = PostgresPayments(pool)
     order = oid()
     captured = await payments.capture(order, "tok_visa", 1234, "EUR")
     assert await payments.capture(order, "tok_visa", 1234, "EUR") == captured
@@ -106,8 +106,8 @@ async def test_payments_follow_the_test_mode_rules(engine: AsyncEngine) -> None:
     assert (await payments.capture(flaky, "tok_flaky", 500, "EUR")).amount == 500
 
 
-async def test_shipping_refuses_country_zz_and_cancels_idempotently(engine: AsyncEngine) -> None:
-    shipping = PostgresShipping(engine)
+async def test_shipping_refuses_country_zz_and_cancels_idempotently(pool: asyncpg.Pool) -> None:
+    shipping = PostgresShipping(pool)
     address = Address("Ada", "1 Main St", "Berlin", "10115", "DE")
     order = oid()
     shipment = await shipping.schedule(order, address)
@@ -120,11 +120,11 @@ async def test_shipping_refuses_country_zz_and_cancels_idempotently(engine: Asyn
         await shipping.schedule(oid(), Address("Ada", "1 Main St", "Nowhere", "0", "ZZ"))
 
 
-async def test_an_undo_before_its_step_voids_the_late_step(engine: AsyncEngine) -> None:
+async def test_an_undo_before_its_step_voids_the_late_step(pool: asyncpg.Pool) -> None:
     """A step attempt Temporal gave up on can still be running when the saga compensates it:
     the undo leaves a void marker, and the late step then takes nothing."""
     inventory, payments, shipping = (
-        PostgresInventory(engine), PostgresPayments(engine), PostgresShipping(engine)
+        PostgresInventory(pool), PostgresPayments(pool), PostgresShipping(pool)
     )  # fmt: skip
     sku = f"v-{uuid.uuid4().hex[:8]}"
     await inventory.set_stock(sku, 5)
@@ -147,12 +147,12 @@ async def test_an_undo_before_its_step_voids_the_late_step(engine: AsyncEngine) 
 
 
 async def test_a_first_step_asked_to_records_the_order_placed_once_before_its_fact(
-    engine: AsyncEngine, store: EventStore
+    pool: asyncpg.Pool, store: EventStore
 ) -> None:
     """Revision 3: whichever forward step comes first records `order.placed` before its own
     fact; a retry of the step (its first attempt's report lost) records neither again."""
     activities = OrderActivities(
-        store, PostgresInventory(engine), PostgresPayments(engine), PostgresShipping(engine)
+        store, PostgresInventory(pool), PostgresPayments(pool), PostgresShipping(pool)
     )
     order = Order(
         order_id=oid(),
