@@ -134,7 +134,7 @@ async def list_orders(
 
 async def _order(ctx: AppContext, order_id: str) -> dict[str, Any] | None:
     """The read model's row; before the projector has the order, the accepted request."""
-    return await queries.get_order(ctx.engine, order_id) or await requests.pending_order(
+    return await queries.get_order(ctx.pool, order_id) or await requests.pending_order(
         ctx.engine, order_id
     )
 
