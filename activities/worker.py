@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "worker") as res:
-        # One asyncpg pool for the event store and the participants (each activity uses one
-        # connection at a time): the size of the two pools it replaces.
-        pool = await res.pool(size=2 * settings.database.pool_size)
+        # One asyncpg pool for the event store and the participants (an activity holds one
+        # connection at a time): as many connections as the engine (pool_size + overflow) and
+        # the store's pool it replaces could open together.
+        pool = await res.pool(size=3 * settings.database.pool_size)
         activities = OrderActivities(
             await res.store(),
             PostgresInventory(pool),

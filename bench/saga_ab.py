@@ -10,6 +10,11 @@ Usage: python bench/saga_ab.py A_DIR B_DIR [--rounds R] [--orders N] [--b-apps w
 where each directory is a checkout (`git worktree add /tmp/base HEAD~1`) whose processes run
 with it first on PYTHONPATH. Run it from outside both trees, so neither wins by being the
 current directory: `cd /tmp && python /path/to/bench/saga_ab.py ...`.
+
+Caveats: this process starts both stacks, so both databases get the migrations of the tree it
+imports (compare trees whose migrations agree, or run it with the newer tree's interpreter
+path); the bare baseline runs on A's Temporal server only; with `--b-apps` the totals cover
+different sets of processes.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ async def main(trees: dict[str, Path], rounds: int, n: int, b_apps: tuple[str, .
                 for side in SIDES:
                     api.headers["Authorization"] = f"Bearer {stacks[side].api_key}"
                     base = stacks[side].api_urls()[0]
-                    stock = {"available": n * (rounds + 1)}
+                    stock = {"available": n * rounds + 10}  # every order confirms
                     (await api.put(f"{base}/inventory/bench-sku", json=stock)).raise_for_status()
                     await run_ours(api, stacks[side].api_urls(), resolved[side], 10, "bench-sku")
                 order = ["bare", "A", "B"]
@@ -67,9 +72,11 @@ async def main(trees: dict[str, Path], rounds: int, n: int, b_apps: tuple[str, .
                             stack = stacks[side]
                             api.headers["Authorization"] = f"Bearer {stack.api_key}"
                             before = cpu_seconds(stack)
-                            rate, _, _ = await run_ours(
+                            rate, outcomes, _ = await run_ours(
                                 api, stack.api_urls(), resolved[side], n, "bench-sku"
                             )
+                            if set(outcomes) != {"CONFIRMED"}:  # another saga path: not comparable
+                                raise RuntimeError(f"{side}: outcomes {outcomes}")
                             used = per_saga_ms(before, cpu_seconds(stack), n)
                             used.pop("bench", None)  # this process: the client, and bare's worker
                             cpu[side].append(used)

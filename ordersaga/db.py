@@ -116,8 +116,9 @@ async def _released(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg.Pool:
-    """A plain asyncpg pool for the hot paths (the event store, the API's key lookup and request
-    claim; a third faster than going through SQLAlchemy's pool here), with the same session
+    """A plain asyncpg pool for the hot paths (the event store, the participants, the API's key
+    lookup, request claim and order read, the notifier's statements): a statement through it
+    costs the client about a third of what it costs through SQLAlchemy's pool. The same session
     settings as the engine."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         **_address(settings),

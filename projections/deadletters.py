@@ -123,7 +123,8 @@ async def _notify_again(engine: AsyncEngine, dead_letter_id: int, settings: Sett
         )
         if resolved.first() is None:
             raise DeadLetterError(f"dead letter {dead_letter_id} was resolved meanwhile")
-        # In this transaction: the dead letter resolved and the message recorded, or neither.
+        # In this transaction (begun by the UPDATE above: SQLAlchemy's adapter starts it at the
+        # first statement), so the letter is resolved and the message recorded, or neither.
         await notifier.record((await conn.get_raw_connection()).driver_connection, row)
     return 1
 

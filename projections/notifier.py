@@ -297,8 +297,8 @@ class Notifier:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "notifier") as res:
-        engine = await res.engine(pool_size=1)
-        pool = await res.pool(size=4)
+        engine = await res.engine(pool_size=1)  # dead letters only
+        pool = await res.pool()  # no connection is held across the API call: a few serve all
         js = await res.jetstream(setup=True)
         sub = await js.pull_subscribe_bind(settings.notifier.durable, settings.nats.stream)
         http = await res.enter(api_client(settings))

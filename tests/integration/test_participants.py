@@ -16,6 +16,7 @@ from activities.participants import (
     TransientParticipantError,
 )
 from activities.saga import OrderActivities
+from ordersaga.db import create_pool
 from ordersaga.domain import (
     Address,
     Order,
@@ -27,6 +28,7 @@ from ordersaga.domain import (
     StepResult,
 )
 from ordersaga.eventstore import EventStore
+from ordersaga.settings import Settings
 
 
 def oid() -> str:
@@ -61,11 +63,19 @@ async def test_reserve_is_idempotent_and_all_or_nothing(pool: asyncpg.Pool) -> N
 
 
 async def test_concurrent_reservations_of_shared_skus_take_exactly_the_stock(
-    pool: asyncpg.Pool,
+    settings: Settings,
 ) -> None:
     """Orders naming the same SKUs in either order, all at once: SKUs are locked in one order
     (no deadlock), and the stock taken is exactly what the successful reservations hold."""
-    inventory = PostgresInventory(pool)
+    # A connection for every reservation, so all 20 contend for the locks at once.
+    pool = await create_pool(settings, size=20)
+    try:
+        await _reserve_all_at_once(PostgresInventory(pool))
+    finally:
+        await pool.close()
+
+
+async def _reserve_all_at_once(inventory: PostgresInventory) -> None:
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"B-{uuid.uuid4().hex[:8]}"
     await inventory.set_stock(a, 30)
     await inventory.set_stock(b, 12)
