@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from ordersaga.db import jsonb
 from ordersaga.domain import (
     Address,
     OrderItem,
@@ -47,8 +48,8 @@ _NOT_RESERVED = "OSR01"
 
 
 def _lines(value: str | dict[str, int]) -> dict[str, int]:
-    """A reservation's lines (jsonb: text from a plain asyncpg pool)."""
-    return dict(json.loads(value) if isinstance(value, str) else value)
+    """A reservation's lines, as read (jsonb)."""
+    return dict(jsonb(value))
 
 
 class PostgresInventory:

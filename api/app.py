@@ -31,6 +31,7 @@ def create_app(
         s = settings or get_settings()
         async with runtime.open_resources(s, "api") as res:
             engine = await res.engine()
+            pool = await res.pool()
             watch = await res.enter(AppliedWatch(s))
             temporal = await res.temporal()
             app.state.ctx = AppContext(
@@ -40,8 +41,8 @@ def create_app(
                 SagaClient(temporal, s.temporal.task_queue, s.api.update_timeout),
                 await res.nats(),
                 await res.store(),
-                await res.pool(),
-                make_inventory(await res.pool()),
+                pool,
+                make_inventory(pool),
                 watch,
             )
             yield
