@@ -256,7 +256,8 @@ def rebuild(
         raise typer.Exit(_fail(f"unknown read model {name!r}; there is: orders"))
 
     async def main(res: Resources) -> RebuildReport:
-        return await rebuild_orders(await res.engine(pool_size=2), await res.store(pool_size=2))
+        store = await res.store(pool_size=2)
+        return await rebuild_orders(await res.own_pool(size=1), store)
 
     report = _run(main)
     typer.echo(f"rebuilt orders: {report.events} events replayed, {report.orders} orders")
@@ -303,9 +304,7 @@ def deadletters_list(
     from projections.deadletters import list_dead_letters
 
     async def main(res: Resources) -> list[dict[str, object]]:
-        found = await list_dead_letters(
-            await res.engine(pool_size=1), projection, resolved=resolved
-        )
+        found = await list_dead_letters(await res.pool(size=1), projection, resolved=resolved)
         return [d.as_dict() for d in found]
 
     typer.echo(json.dumps(_run(main), indent=2))
@@ -317,12 +316,12 @@ def _dead_letter_action(dead_letter_id: int, action: str) -> None:
     from projections.runner import appliers
 
     async def main(res: Resources) -> str:
-        engine = await res.engine(pool_size=2)
         by_name = appliers(await res.store(pool_size=2))
+        pool = await res.own_pool(size=1)  # not the store's: a retry reads it in a transaction
         if action == "retry":
-            n = await ops.retry(engine, by_name, dead_letter_id, res.settings)
+            n = await ops.retry(pool, by_name, dead_letter_id, res.settings)
             return f"retried: {n} event(s) of the order applied"
-        return await ops.discard(engine, by_name, dead_letter_id, res.settings)
+        return await ops.discard(pool, by_name, dead_letter_id, res.settings)
 
     try:
         typer.echo(_run(main))

@@ -136,6 +136,14 @@ class Resources:
             self._pool = pool
         return self._pool
 
+    async def own_pool(self, *, size: int) -> asyncpg.Pool:
+        """A pool apart from `pool` (which the event store uses), for work that holds a
+        connection while it reads the store: on one pool, enough of it at once would wait for
+        each other's connections."""
+        pool = await db.create_pool(self.settings, size=size)
+        self._stack.push_async_callback(pool.close)
+        return pool
+
     async def store(self, *, pool_size: int | None = None) -> EventStore:
         """The event store (order upcasters) on this process's asyncpg pool."""
         if self._store is None:

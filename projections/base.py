@@ -9,9 +9,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Protocol
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
+from ordersaga import db
 from ordersaga.contracts import registry
 from ordersaga.contracts.payloads import OrderPlaced, Payload
 from ordersaga.domain import EventType, OrderStatus
@@ -108,7 +108,8 @@ class Projection(Protocol):
     """A read model fed by the projector runtime.
 
     The runtime calls `apply` inside the transaction that also moves the projection's
-    checkpoints, with only events not applied before, each order's in version order (orders may
+    checkpoints (on the projector's plain asyncpg pool: the README's benchmark section says
+    why), with only events not applied before, each order's in version order (orders may
     interleave). A projection should still tolerate seeing an event twice (a rebuild swapped in
     ahead of the checkpoints), which a per-row version makes easy.
     """
@@ -116,7 +117,7 @@ class Projection(Protocol):
     name: str
     event_types: frozenset[str]
 
-    async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None: ...
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[OrderEvent]) -> None: ...
 
 
 Row = dict[str, Any]
@@ -133,18 +134,25 @@ def check(row: Row | None, event: OrderEvent, known: Collection[str]) -> None:
 
 
 async def apply_rows(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     events: Sequence[OrderEvent],
-    select: sa.TextClause,
-    upsert: sa.TextClause,
+    select: str,
+    upsert: str,
+    columns: Sequence[str],
     fold: Fold,
     json_columns: Collection[str] = (),
 ) -> None:
-    """A read model of one row per order: read the batch's rows (`select` takes `:ids`), fold
-    the events in, write the changed rows back. The row's version guards it: an event at or
-    below it (a rebuilt table ahead of the checkpoints) is skipped."""
-    found = await conn.execute(select, {"ids": sorted({e.order_id for e in events})})
-    rows: dict[str, Row] = {r.order_id: dict(r._mapping) for r in found}
+    """A read model of one row per order: read the batch's rows (`select` takes the order ids as
+    `$1`), fold the events in, write the changed rows back (`upsert` takes `columns` in order).
+    The row's version guards it: an event at or below it (a rebuilt table ahead of the
+    checkpoints) is skipped."""
+    found = await conn.fetch(select, sorted({e.order_id for e in events}))
+    rows: dict[str, Row] = {}
+    for record in found:
+        read = dict(record)
+        for k in json_columns:
+            read[k] = db.jsonb(read[k])
+        rows[read["order_id"]] = read
     changed: set[str] = set()
     for event in events:
         row = rows.get(event.order_id)
@@ -153,10 +161,10 @@ async def apply_rows(
         rows[event.order_id] = fold(row, event)
         changed.add(event.order_id)
     if changed:
-        await conn.execute(
+        await conn.executemany(
             upsert,
             [
-                {k: json.dumps(v) if k in json_columns else v for k, v in rows[o].items()}
+                tuple(json.dumps(rows[o][k]) if k in json_columns else rows[o][k] for k in columns)
                 for o in sorted(changed)
             ],
         )

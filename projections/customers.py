@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from projections.base import STATUS_ON, OrderEvent, apply_rows, check, placed
 
 _COLUMNS = (
-    "order_id, customer_id, status, total, currency, item_count, version, placed_at, updated_at"
-)
+    "order_id", "customer_id", "status", "total", "currency", "item_count", "version",
+    "placed_at", "updated_at",
+)  # fmt: skip
+_LIST = ", ".join(_COLUMNS)
 
 
 class CustomerOrdersProjection:
@@ -21,24 +22,21 @@ class CustomerOrdersProjection:
     name = "customer_orders"
     event_types = frozenset(STATUS_ON)
 
-    _select = sa.text(
-        f"SELECT {_COLUMNS} FROM readmodel.customer_orders WHERE order_id = ANY(:ids) "
+    _select = (
+        f"SELECT {_LIST} FROM readmodel.customer_orders WHERE order_id = ANY($1::text[]) "
         "ORDER BY order_id FOR UPDATE"
     )
-    _upsert = sa.text(
-        f"""
-        INSERT INTO readmodel.customer_orders ({_COLUMNS})
-        VALUES (:order_id, :customer_id, :status, :total, :currency, :item_count, :version,
-                :placed_at, :updated_at)
+    _upsert = f"""
+        INSERT INTO readmodel.customer_orders ({_LIST})
+        VALUES ({", ".join(f"${n}" for n in range(1, len(_COLUMNS) + 1))})
         ON CONFLICT (order_id) DO UPDATE SET
             status = excluded.status, version = excluded.version,
             updated_at = excluded.updated_at
         WHERE readmodel.customer_orders.version < excluded.version
         """
-    )
 
-    async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
-        await apply_rows(conn, events, self._select, self._upsert, fold)
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[OrderEvent]) -> None:
+        await apply_rows(conn, events, self._select, self._upsert, _COLUMNS, fold)
 
 
 def fold(row: dict[str, Any] | None, event: OrderEvent) -> dict[str, Any]:

@@ -27,10 +27,8 @@ from typing import Any
 import asyncpg
 import httpx
 import nats.errors
-import sqlalchemy as sa
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga import runtime
 from ordersaga.contracts.payloads import OrderCancelled, OrderConfirmed
@@ -73,13 +71,15 @@ class Unavailable(NotReady):
 
 
 # Infrastructure, never a reason to dead-letter a notification: the API or the read side away,
-# or this process's own database (the dead letter could not even be written then).
+# or this process's own database (the dead letter could not even be written then): refused or
+# lost connections (OSError, asyncpg's connection errors), a server shutting down or starting.
 _WAITED_OUT = (
     Unavailable,
     OSError,
     TimeoutError,
-    sa.exc.OperationalError,
-    sa.exc.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
 )
 
 
@@ -188,15 +188,8 @@ async def _in_progress(msg: Msg, every: float) -> AsyncIterator[None]:
 
 
 class Notifier:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        pool: asyncpg.Pool,
-        http: httpx.AsyncClient,
-        settings: Settings,
-    ) -> None:
-        self._engine = engine  # dead letters
-        self._pool = pool  # each notification's two statements
+    def __init__(self, pool: asyncpg.Pool, http: httpx.AsyncClient, settings: Settings) -> None:
+        self._pool = pool  # each notification's two statements, and dead letters
         self._http = http
         # The projector's retry policy, the one the operator already tunes for poison.
         self._max_attempts = settings.projector.max_attempts
@@ -255,9 +248,9 @@ class Notifier:
             delivery.msg.subject, attempts, reason,
         )  # fmt: skip
         try:
-            async with self._engine.begin() as conn:
+            async with self._pool.acquire() as conn:
                 await conn.execute(
-                    DEAD_LETTER, [dead_letter_row(PROJECTION, delivery, reason, "failed")]
+                    DEAD_LETTER, *dead_letter_row(PROJECTION, delivery, reason, "failed")
                 )
         except Exception as failure:
             # Neither recorded nor dead-lettered: acking it would drop it. Again later.
@@ -296,12 +289,11 @@ class Notifier:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or runtime.stop_event()
     async with runtime.open_resources(settings, "notifier") as res:
-        engine = await res.engine(pool_size=1)  # dead letters only
         pool = await res.pool()  # no connection is held across the API call: a few serve all
         js = await res.jetstream(setup=True)
         sub = await js.pull_subscribe_bind(settings.notifier.durable, settings.nats.stream)
         http = await res.enter(api_client(settings))
-        notifier = Notifier(engine, pool, http, settings)
+        notifier = Notifier(pool, http, settings)
         log.info(
             "notifier consuming %s as %s, %d at a time",
             settings.nats.stream, settings.notifier.durable, settings.notifier.concurrency,

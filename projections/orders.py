@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from ordersaga.contracts.payloads import OrderCancelled, Refusal
 from projections.base import (
@@ -71,25 +70,24 @@ COLUMNS = (
     "order_id, customer_id, status, items, shipping_address, total, currency, version, "
     "failure_reason, timeline, placed_at, updated_at"
 )
+_NAMES = tuple(c.strip() for c in COLUMNS.split(","))
 JSON_COLUMNS = ("items", "shipping_address", "timeline")
 
 LIVE_TABLE = "readmodel.orders"
 
 
-def _upsert(table: str) -> sa.TextClause:
-    return sa.text(
-        f"""
-        INSERT INTO {table} ({COLUMNS})
-        VALUES (:order_id, :customer_id, :status, CAST(:items AS jsonb),
-                CAST(:shipping_address AS jsonb), :total, :currency, :version, :failure_reason,
-                CAST(:timeline AS jsonb), :placed_at, :updated_at)
+def _upsert(table: str) -> str:
+    values = ", ".join(
+        f"${n}::jsonb" if c in JSON_COLUMNS else f"${n}" for n, c in enumerate(_NAMES, 1)
+    )
+    return f"""
+        INSERT INTO {table} ({COLUMNS}) VALUES ({values})
         ON CONFLICT (order_id) DO UPDATE SET
             status = excluded.status, version = excluded.version,
             failure_reason = excluded.failure_reason, timeline = excluded.timeline,
             updated_at = excluded.updated_at
         WHERE {table}.version < excluded.version
         """
-    )
 
 
 class OrderProjection:
@@ -100,10 +98,11 @@ class OrderProjection:
 
     def __init__(self, table: str = LIVE_TABLE) -> None:
         self._table = table
-        self._select = sa.text(
-            f"SELECT {COLUMNS} FROM {table} WHERE order_id = ANY(:ids) ORDER BY order_id FOR UPDATE"
+        self._select = (
+            f"SELECT {COLUMNS} FROM {table} WHERE order_id = ANY($1::text[]) "
+            "ORDER BY order_id FOR UPDATE"
         )
         self._upsert = _upsert(table)
 
-    async def apply(self, conn: AsyncConnection, events: Sequence[OrderEvent]) -> None:
-        await apply_rows(conn, events, self._select, self._upsert, apply, JSON_COLUMNS)
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[OrderEvent]) -> None:
+        await apply_rows(conn, events, self._select, self._upsert, _NAMES, apply, JSON_COLUMNS)

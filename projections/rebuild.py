@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
 
 from ordersaga.eventstore import EventStore, FeedPosition
 from projections.base import OrderEvent
@@ -32,18 +31,16 @@ class RebuildReport:
 
 
 async def _replay(
-    conn: AsyncConnection, store: EventStore, projection: OrderProjection, after: FeedPosition
+    conn: asyncpg.Connection, store: EventStore, projection: OrderProjection, after: FeedPosition
 ) -> tuple[FeedPosition, int]:
     """Apply every event of the feed after `after`; returns the new position and the count."""
     applied = 0
     discarded = {
-        r.event_id
-        for r in await conn.execute(
-            sa.text(
-                "SELECT event_id FROM projections.dead_letters "
-                "WHERE projection = :p AND state = 'discarded'"
-            ),
-            {"p": projection.name},
+        r["event_id"]
+        for r in await conn.fetch(
+            "SELECT event_id FROM projections.dead_letters "
+            "WHERE projection = $1 AND state = 'discarded'",
+            projection.name,
         )
     }
     while True:
@@ -57,47 +54,45 @@ async def _replay(
         after = batch[-1].feed_position
 
 
-async def _indexes(conn: AsyncConnection, table: str) -> dict[str, str]:
+async def _indexes(conn: asyncpg.Connection, table: str) -> dict[str, str]:
     """Index definition (from USING on, so without its name and table) -> index name."""
-    rows = await conn.execute(
-        sa.text(
-            "SELECT indexname, indexdef FROM pg_indexes "
-            "WHERE schemaname = 'readmodel' AND tablename = :t"
-        ),
-        {"t": table},
+    rows = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes "
+        "WHERE schemaname = 'readmodel' AND tablename = $1",
+        table,
     )
-    return {r.indexdef.split(" USING ", 1)[1]: r.indexname for r in rows}
+    return {r["indexdef"].split(" USING ", 1)[1]: r["indexname"] for r in rows}
 
 
-async def rebuild_orders(engine: AsyncEngine, store: EventStore) -> RebuildReport:
+async def rebuild_orders(pool: asyncpg.Pool, store: EventStore) -> RebuildReport:
+    """`pool`: not the store's (a replay holds its connection while it reads the store)."""
     projection = OrderProjection(table=REBUILD_TABLE)
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(f"DROP TABLE IF EXISTS {REBUILD_TABLE}"))
-        await conn.execute(
-            sa.text(f"CREATE TABLE {REBUILD_TABLE} (LIKE {LIVE_TABLE} INCLUDING ALL)")
-        )
-    position, total = FeedPosition(), 0
-    while True:  # catch up in batches, each its own transaction
-        async with engine.begin() as conn:
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(f"DROP TABLE IF EXISTS {REBUILD_TABLE}")
+            await conn.execute(f"CREATE TABLE {REBUILD_TABLE} (LIKE {LIVE_TABLE} INCLUDING ALL)")
+        position, total = FeedPosition(), 0
+        while True:  # catch up in batches, each its own transaction
+            async with conn.transaction():
+                position, applied = await _replay(conn, store, projection, position)
+            total += applied
+            if applied == 0:
+                break
+            log.info("rebuild: %d events replayed", total)
+        async with conn.transaction():
+            await conn.execute(f"LOCK TABLE {LIVE_TABLE} IN ACCESS EXCLUSIVE MODE")
             position, applied = await _replay(conn, store, projection, position)
-        total += applied
-        if applied == 0:
-            break
-        log.info("rebuild: %d events replayed", total)
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(f"LOCK TABLE {LIVE_TABLE} IN ACCESS EXCLUSIVE MODE"))
-        position, applied = await _replay(conn, store, projection, position)
-        total += applied
-        names = await _indexes(conn, "orders")
-        await conn.execute(sa.text("ALTER TABLE readmodel.orders RENAME TO orders_replaced"))
-        await conn.execute(sa.text("ALTER TABLE readmodel.orders_rebuild RENAME TO orders"))
-        await conn.execute(sa.text("DROP TABLE readmodel.orders_replaced"))
-        # LIKE ... INCLUDING ALL named the copies after the new table: give them (and the primary
-        # key constraint, which follows its index) the names the migrations know.
-        for definition, fresh_name in (await _indexes(conn, "orders")).items():
-            if definition in names and names[definition] != fresh_name:
-                await conn.execute(
-                    sa.text(f'ALTER INDEX readmodel."{fresh_name}" RENAME TO "{names[definition]}"')
-                )
-        orders = (await conn.execute(sa.text(f"SELECT count(*) FROM {LIVE_TABLE}"))).scalar_one()
+            total += applied
+            names = await _indexes(conn, "orders")
+            await conn.execute("ALTER TABLE readmodel.orders RENAME TO orders_replaced")
+            await conn.execute("ALTER TABLE readmodel.orders_rebuild RENAME TO orders")
+            await conn.execute("DROP TABLE readmodel.orders_replaced")
+            # LIKE ... INCLUDING ALL named the copies after the new table: give them (and the
+            # primary key constraint, which follows its index) the names the migrations know.
+            for definition, fresh_name in (await _indexes(conn, "orders")).items():
+                if definition in names and names[definition] != fresh_name:
+                    await conn.execute(
+                        f'ALTER INDEX readmodel."{fresh_name}" RENAME TO "{names[definition]}"'
+                    )
+            orders = await conn.fetchval(f"SELECT count(*) FROM {LIVE_TABLE}")
     return RebuildReport(events=total, orders=int(orders))

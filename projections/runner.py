@@ -66,16 +66,17 @@ async def run(
         await claims.leave()
 
     async with runtime.open_resources(settings, "projector") as res:
-        engine = await res.engine(pool_size=min(settings.nats.partitions, 8))
-        js = await res.jetstream(setup=True)
         by_name = appliers(await res.store(pool_size=2), names)
+        # The transactions fill gaps from the store, so they have a pool of their own.
+        pool = await res.own_pool(size=min(settings.nats.partitions, 8))
+        js = await res.jetstream(setup=True)
         # The partitions this process holds share their transactions.
-        group = GroupCommit(engine, list(by_name.values()), settings.projector, observer)
+        group = GroupCommit(pool, list(by_name.values()), settings.projector, observer)
 
         def start(partition: int) -> _Running:
             halt = asyncio.Event()
             consumer = PartitionConsumer(
-                engine,
+                pool,
                 list(by_name.values()),
                 js,
                 settings.nats.partitioned_stream,

@@ -69,6 +69,15 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
+async def projector_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool apart from the store's, as the projector's transactions and an operator's dead
+    letter actions have (they read the store while they hold a connection)."""
+    p = await create_pool(settings, size=4)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
 async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
     s = EventStore(pool, order_upcasters())
     yield s

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -77,7 +78,12 @@ async def _notifier_holds_everything(js: JetStreamContext, settings: Settings) -
 
 
 async def test_an_order_the_notifier_cannot_serve_holds_up_no_other_and_is_dead_lettered(
-    settings: Settings, api: httpx.AsyncClient, engine: AsyncEngine, nc: NATS, store: EventStore
+    settings: Settings,
+    api: httpx.AsyncClient,
+    engine: AsyncEngine,
+    projector_pool: asyncpg.Pool,
+    nc: NATS,
+    store: EventStore,
 ) -> None:
     js = nc.jetstream()
     # The poisoned order, as the issue saw it: the read side has its first event, but its
@@ -144,8 +150,8 @@ async def test_an_order_the_notifier_cannot_serve_holds_up_no_other_and_is_dead_
     by_name = appliers(store)
     for d in await _dead_letters(engine, poisoned):
         if d.projection != "notifications" and d.resolved_at is None:
-            await deadletters.retry(engine, by_name, d.id)
-    assert await deadletters.retry(engine, by_name, letter.id, settings) == 1
+            await deadletters.retry(projector_pool, by_name, d.id)
+    assert await deadletters.retry(projector_pool, by_name, letter.id, settings) == 1
     assert [(r.order_id, r.event_type) for r in await _outbox(engine, [poisoned])] == [
         (poisoned, "order.confirmed")
     ]

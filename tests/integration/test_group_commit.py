@@ -13,6 +13,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -104,9 +105,11 @@ def _acked(delivery: Delivery) -> asyncio.Future[float]:
 
 
 async def test_what_the_partitions_add_while_the_committer_lingers_commits_together(
-    engine: AsyncEngine, store: EventStore
+    engine: AsyncEngine, projector_pool: asyncpg.Pool, store: EventStore
 ) -> None:
-    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=LINGER))
+    group = GroupCommit(
+        projector_pool, list(appliers(store).values()), ProjectorSettings(linger_s=LINGER)
+    )
     partitions = [_Partition(p, group) for p in range(4)]
     first_id, first = _placed()
     began = time.monotonic()
@@ -130,10 +133,10 @@ async def test_what_the_partitions_add_while_the_committer_lingers_commits_toget
 
 
 async def test_a_full_batch_does_not_wait_for_the_linger(
-    engine: AsyncEngine, store: EventStore
+    projector_pool: asyncpg.Pool, store: EventStore
 ) -> None:
     settings = ProjectorSettings(linger_s=LINGER * 4, batch=2)
-    group = GroupCommit(engine, list(appliers(store).values()), settings)
+    group = GroupCommit(projector_pool, list(appliers(store).values()), settings)
     partition = _Partition(0, group)
     group.add(partition, [_placed()[1]])  # starts the linger clock
     await group.close()
@@ -147,11 +150,11 @@ async def test_a_full_batch_does_not_wait_for_the_linger(
 
 
 async def test_a_partition_has_one_transaction_in_flight_so_its_events_apply_in_order(
-    engine: AsyncEngine, store: EventStore
+    engine: AsyncEngine, projector_pool: asyncpg.Pool, store: EventStore
 ) -> None:
     # Every batch full: each goes at once in a transaction of its own.
     settings = ProjectorSettings(linger_s=0, batch=1)
-    group = _Spying(engine, list(appliers(store).values()), settings)
+    group = _Spying(projector_pool, list(appliers(store).values()), settings)
     partition = _Partition(0, group)
     order_id = str(uuid.uuid4())
     stream = fake_events(order_id, unique("c"), unique("sku"))[:3]
@@ -172,9 +175,11 @@ async def test_a_partition_has_one_transaction_in_flight_so_its_events_apply_in_
 
 
 async def test_after_a_failed_transaction_each_partition_tries_its_own_share_alone(
-    engine: AsyncEngine, store: EventStore
+    engine: AsyncEngine, projector_pool: asyncpg.Pool, store: EventStore
 ) -> None:
-    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
+    group = GroupCommit(
+        projector_pool, list(appliers(store).values()), ProjectorSettings(linger_s=0)
+    )
     one, two = _Partition(1, group), _Partition(2, group)
     healthy_id, healthy = _placed()
     # A NUL, which the contract (as Postgres jsonb) refuses.
@@ -189,9 +194,11 @@ async def test_after_a_failed_transaction_each_partition_tries_its_own_share_alo
 
 
 async def test_a_stopping_partition_waits_for_its_transaction_in_flight(
-    engine: AsyncEngine, store: EventStore
+    engine: AsyncEngine, projector_pool: asyncpg.Pool, store: EventStore
 ) -> None:
-    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
+    group = GroupCommit(
+        projector_pool, list(appliers(store).values()), ProjectorSettings(linger_s=0)
+    )
     partition = _Partition(0, group)
     order_id, delivery = _placed()
     async with engine.connect() as blocker:
@@ -214,9 +221,11 @@ async def test_a_stopping_partition_waits_for_its_transaction_in_flight(
 
 
 async def test_a_slow_isolation_holds_up_only_its_own_partition(
-    engine: AsyncEngine, store: EventStore
+    projector_pool: asyncpg.Pool, store: EventStore
 ) -> None:
-    group = GroupCommit(engine, list(appliers(store).values()), ProjectorSettings(linger_s=0))
+    group = GroupCommit(
+        projector_pool, list(appliers(store).values()), ProjectorSettings(linger_s=0)
+    )
     one, two = _Partition(1, group), _Partition(2, group)
     two.hold = asyncio.Event()
     _, healthy = _placed()

@@ -12,11 +12,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from projections.base import OrderEvent
 from projections.sales import SalesProjection
@@ -35,27 +33,32 @@ class SalesTables:
         self.pending: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         self.daily: dict[Key, dict[str, int]] = {}
 
-    async def execute(self, statement: sa.TextClause, params: Any) -> list[SimpleNamespace]:
-        sql = " ".join(str(statement).split())
+    async def executemany(self, statement: str, args: Sequence[tuple[Any, ...]]) -> None:
+        sql = " ".join(statement.split())
         if sql.startswith("INSERT INTO readmodel.sales_pending_lines"):
-            for p in params:  # ON CONFLICT (order_id) DO NOTHING
-                self.pending.setdefault(p["order_id"], (p["currency"], json.loads(p["items"])))
-            return []
-        if sql.startswith("DELETE FROM readmodel.sales_pending_lines"):
-            taken = [(o, self.pending.pop(o)) for o in params["ids"] if o in self.pending]
-            return [SimpleNamespace(order_id=o, currency=c, items=i) for o, (c, i) in taken]
+            for order_id, currency, items in args:  # ON CONFLICT (order_id) DO NOTHING
+                self.pending.setdefault(order_id, (currency, json.loads(items)))
+            return
         if sql.startswith("INSERT INTO readmodel.sales_daily"):
-            for p in params:
+            for day, sku, currency, *sums in args:
                 row = self.daily.setdefault(
-                    (p["day"], p["sku"], p["currency"]), {"orders": 0, "units": 0, "revenue": 0}
+                    (day, sku, currency), {"orders": 0, "units": 0, "revenue": 0}
                 )
-                for column in ("orders", "units", "revenue"):
-                    row[column] += p[column]
-            return []
+                for column, amount in zip(("orders", "units", "revenue"), sums, strict=True):
+                    row[column] += amount
+            return
+        raise AssertionError(f"a statement the stand-in does not know: {sql}")
+
+    async def fetch(self, statement: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        sql = " ".join(statement.split())
+        if sql.startswith("DELETE FROM readmodel.sales_pending_lines"):
+            taken = [(o, self.pending.pop(o)) for o in ids if o in self.pending]
+            # jsonb as the plain asyncpg pool returns it: text.
+            return [{"order_id": o, "currency": c, "items": json.dumps(i)} for o, (c, i) in taken]
         raise AssertionError(f"a statement the stand-in does not know: {sql}")
 
     async def apply(self, events: Sequence[OrderEvent]) -> None:
-        await SalesProjection().apply(cast(AsyncConnection, self), events)
+        await SalesProjection().apply(cast(asyncpg.Connection, self), events)
 
 
 def order(
