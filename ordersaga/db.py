@@ -125,7 +125,8 @@ def jsonb(value: Any) -> Any:
 
 async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg.Pool:
     """A plain asyncpg pool for the hot paths (the event store, the participants, the API's key
-    lookup, request claim and order read, the notifier's statements), cheaper for the client
+    lookup, request claim and order read, the projector's transactions, the notifier's
+    statements), cheaper for the client
     than SQLAlchemy's pool (the README's benchmark section has the figures), with the same
     session settings as the engine. jsonb comes back as text: `jsonb` decodes it."""
     pool: asyncpg.Pool = await asyncpg.create_pool(

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ordersaga.eventstore import EventStore
 from ordersaga.settings import Settings
-from projections import deadletters
+from projections import deadletters, notifier
 from projections.runner import appliers
 from tests.helpers import (
     append,
@@ -84,6 +84,7 @@ async def test_an_order_the_notifier_cannot_serve_holds_up_no_other_and_is_dead_
     projector_pool: asyncpg.Pool,
     nc: NATS,
     store: EventStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     js = nc.jetstream()
     # The poisoned order, as the issue saw it: the read side has its first event, but its
@@ -151,6 +152,22 @@ async def test_an_order_the_notifier_cannot_serve_holds_up_no_other_and_is_dead_
     for d in await _dead_letters(engine, poisoned):
         if d.projection != "notifications" and d.resolved_at is None:
             await deadletters.retry(projector_pool, by_name, d.id)
+
+    # A retry whose message cannot be recorded, after its UPDATE marked the letter resolved: the
+    # two are one transaction, so the letter stays open, with the error, and nothing is recorded.
+    async def refused(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
+        raise RuntimeError("the outbox refused it")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(notifier, "record", refused)
+        with pytest.raises(deadletters.DeadLetterError, match="the outbox refused it"):
+            await deadletters.retry(projector_pool, by_name, letter.id, settings)
+    (kept,) = [d for d in await _dead_letters(engine, poisoned) if d.id == letter.id]
+    assert (kept.state, kept.resolved_at) == ("failed", None)
+    assert "the outbox refused it" in kept.error
+    assert kept.deliveries == settings.projector.max_attempts + 1
+    assert await _outbox(engine, [poisoned]) == []
+
     assert await deadletters.retry(projector_pool, by_name, letter.id, settings) == 1
     assert [(r.order_id, r.event_type) for r in await _outbox(engine, [poisoned])] == [
         (poisoned, "order.confirmed")
