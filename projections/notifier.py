@@ -72,13 +72,15 @@ class Unavailable(NotReady):
 
 # Infrastructure, never a reason to dead-letter a notification: the API or the read side away,
 # or this process's own database (the dead letter could not even be written then): refused or
-# lost connections (OSError, asyncpg's connection errors), a server shutting down or starting.
+# lost connections (OSError, asyncpg's connection errors), a server shutting down, starting or
+# cancelling the statement (class 57), or out of resources (class 53: too many connections).
 _WAITED_OUT = (
     Unavailable,
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
 )
 

@@ -67,8 +67,10 @@ async def run(
 
     async with runtime.open_resources(settings, "projector") as res:
         by_name = appliers(await res.store(pool_size=2), names)
-        # The transactions fill gaps from the store, so they have a pool of their own.
-        pool = await res.own_pool(size=min(settings.nats.partitions, 8))
+        # The transactions fill gaps from the store, so they have a pool of their own: a
+        # partition has one transaction in flight at most, and a dead letter's write may come
+        # beside them (connections open as they are needed).
+        pool = await res.own_pool(size=settings.nats.partitions + 1)
         js = await res.jetstream(setup=True)
         # The partitions this process holds share their transactions.
         group = GroupCommit(pool, list(by_name.values()), settings.projector, observer)
