@@ -11,6 +11,7 @@ from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
+from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
 
@@ -30,7 +31,11 @@ class Saga3:
 
 async def run_bare(client: Client, n: int) -> tuple[float, list[float]]:
     """N workflows through a fresh worker, as the anchor does; returns workflows per second, and
-    each workflow's seconds from its start call to its result."""
+    each workflow's seconds from its start call to its result. The anchor's client has the SDK's
+    default data converter, whatever `client` was given."""
+    config = client.config()
+    config["data_converter"] = DataConverter.default
+    client = Client(**config)
     tq = "bare-" + uuid.uuid4().hex[:6]
     async with Worker(
         client,

@@ -18,6 +18,13 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from ordersaga import bus, db, versions
@@ -64,6 +71,29 @@ def stop_event() -> asyncio.Event:
     return event
 
 
+# JSON payloads (the saga's dataclasses) through pydantic's compiled validators: the SDK's
+# default converter walks type hints in Python on every value. One instance serves the process,
+# so its cache of type adapters does too: the worker makes a payload converter per workflow, and
+# the SDK's `pydantic_data_converter` builds its adapters again in each (measured dearer than the
+# default per saga). Same JSON either way, so sagas started before replay with it (test_replay).
+_JSON = PydanticJSONPlainPayloadConverter()
+
+
+class PayloadConverter(CompositePayloadConverter):
+    """The SDK's default payload converters, with `_JSON` for JSON (as its own pydantic one)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                _JSON if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+DATA_CONVERTER = DataConverter(payload_converter_class=PayloadConverter)
+
+
 async def connect_temporal(settings: Settings) -> Client:
     ts = settings.temporal
     return await Client.connect(
@@ -71,6 +101,7 @@ async def connect_temporal(settings: Settings) -> Client:
         namespace=ts.namespace,
         api_key=ts.api_key,
         tls=temporal_tls(ts.tls, api_key=ts.api_key is not None),
+        data_converter=DATA_CONVERTER,
     )
 
 

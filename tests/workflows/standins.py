@@ -31,7 +31,7 @@ from ordersaga.domain import (
     StepResult,
     workflow_id,
 )
-from ordersaga.runtime import ensure_search_attributes
+from ordersaga.runtime import DATA_CONVERTER, ensure_search_attributes
 from ordersaga.settings import Settings
 from workflows.order_saga import OrderSaga
 
@@ -56,13 +56,14 @@ async def start_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server = None
     if test_server is not None:
         environment = await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=test_server
+            test_server_existing_path=test_server, data_converter=DATA_CONVERTER
         )
         await ensure_search_attributes(environment.client, Settings())
     else:
         environment = await WorkflowEnvironment.start_local(
             dev_server_existing_path=find_tool("temporal"),
             search_attributes=list(SEARCH_ATTRIBUTES),
+            data_converter=DATA_CONVERTER,
         )
     async with environment:
         yield environment

@@ -24,6 +24,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from ordersaga.runtime import DATA_CONVERTER
 from tests.workflows.record_histories import ADDED_PATHS, PATHS
 from workflows.order_saga import OrderSaga
 
@@ -40,9 +41,10 @@ def history(name: str) -> WorkflowHistory:
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
 async def test_a_recorded_saga_replays_on_the_current_workflow(name: str) -> None:
-    result = await Replayer(workflows=[OrderSaga]).replay_workflow(
-        history(name), raise_on_replay_failure=False
-    )
+    # With the processes' converter: the histories were recorded with the SDK's default one,
+    # so this also checks that sagas started before it replay (their payloads decode) with it.
+    replayer = Replayer(workflows=[OrderSaga], data_converter=DATA_CONVERTER)
+    result = await replayer.replay_workflow(history(name), raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
 
 
