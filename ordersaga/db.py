@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import asyncpg
@@ -121,6 +122,14 @@ def jsonb(value: Any) -> Any:
     writers' `json.dumps` text goes in as it is), already decoded through SQLAlchemy's. (The
     event store has its own line for this: it is a component of its own, free of this module.)"""
     return json.loads(value) if isinstance(value, str) else value
+
+
+def record(row: Mapping[str, Any], json_columns: Collection[str] = ()) -> dict[str, Any]:
+    """A row read on this module's asyncpg pool as a dict, its `json_columns` decoded."""
+    out = dict(row)
+    for column in json_columns:
+        out[column] = jsonb(out[column])
+    return out
 
 
 async def create_pool(settings: Settings, *, size: int | None = None) -> asyncpg.Pool:

@@ -160,17 +160,17 @@ class Resources:
 
     async def pool(self, *, size: int | None = None) -> asyncpg.Pool:
         if self._pool is None:
-            pool = await db.create_pool(self.settings, size=size)
-            self._stack.push_async_callback(pool.close)
+            pool = await self.own_pool(size=size)
             async with pool.acquire() as conn:
                 await versions.check_postgres(conn, db.where(self.settings))
             self._pool = pool
         return self._pool
 
-    async def own_pool(self, *, size: int) -> asyncpg.Pool:
+    async def own_pool(self, *, size: int | None = None) -> asyncpg.Pool:
         """A pool apart from `pool` (which the event store uses), for work that holds a
         connection while it reads the store: on one pool, enough of it at once would wait for
-        each other's connections."""
+        each other's connections. (The server's version is checked by `pool`, which the store
+        opens first.)"""
         pool = await db.create_pool(self.settings, size=size)
         self._stack.push_async_callback(pool.close)
         return pool

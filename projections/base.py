@@ -147,12 +147,7 @@ async def apply_rows(
     The row's version guards it: an event at or below it (a rebuilt table ahead of the
     checkpoints) is skipped."""
     found = await conn.fetch(select, sorted({e.order_id for e in events}))
-    rows: dict[str, Row] = {}
-    for record in found:
-        read = dict(record)
-        for k in json_columns:
-            read[k] = db.jsonb(read[k])
-        rows[read["order_id"]] = read
+    rows: dict[str, Row] = {r["order_id"]: db.record(r, json_columns) for r in found}
     changed: set[str] = set()
     for event in events:
         row = rows.get(event.order_id)

@@ -16,7 +16,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ordersaga.db import jsonb
+from ordersaga.db import record
 from ordersaga.domain import OrderStatus
 from projections.orders import COLUMNS as ORDER_COLUMNS
 from projections.orders import JSON_COLUMNS as ORDER_JSON_COLUMNS
@@ -123,12 +123,7 @@ async def get_order(pool: asyncpg.Pool, order_id: str) -> Row | None:
     one statement, no transaction."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow(_ORDER, order_id)
-    if row is None:
-        return None
-    found = dict(row)
-    for column in ORDER_JSON_COLUMNS:
-        found[column] = jsonb(found[column])
-    return found
+    return None if row is None else record(row, ORDER_JSON_COLUMNS)
 
 
 async def list_orders(
