@@ -346,6 +346,7 @@ class EventStore:
         batch: int = 500,
         poll_interval: float = 1.0,
         event_types: Sequence[str] | None = None,
+        linger: float = 0.0,
     ) -> AsyncGenerator[list[StoredEvent], None]:
         """Tail the feed for ever, a batch at a time: woken by LISTEN/NOTIFY, polling as the
         fallback. Each batch continues where the one before ended; to resume from a checkpoint
@@ -353,7 +354,13 @@ class EventStore:
 
         The fallback matters: appends notify after they commit, but their events become readable
         only once every older transaction has ended, which sends no notification.
+
+        `linger`: after a partial batch, the next read waits until this long after the previous
+        one began, so what arrives meanwhile comes in one batch (one read, and one round of
+        whatever the caller does per batch) rather than one each. A first event after a quiet
+        spell waits for nothing; a full batch (a backlog) is followed by the next at once.
         """
+        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
         def on_notify(*_: object) -> None:
@@ -364,6 +371,7 @@ class EventStore:
             try:
                 while True:
                     wake.clear()
+                    began = loop.time()
                     events = await self.read_all(after, batch, event_types)
                     if events:
                         yield events
@@ -371,6 +379,8 @@ class EventStore:
                     if len(events) < batch:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), poll_interval)
+                        if (rest := began + linger - loop.time()) > 0:
+                            await asyncio.sleep(rest)
             finally:
                 try:
                     await listener.remove_listener(NOTIFY_CHANNEL, on_notify)

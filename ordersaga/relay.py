@@ -116,6 +116,7 @@ class Relay:
         name: str = "relay",
         batch: int = 256,
         poll_interval: float = 1.0,
+        linger: float = 0.0,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -123,6 +124,7 @@ class Relay:
         self.name = name
         self._batch = batch
         self._poll_interval = poll_interval
+        self._linger = linger
         self.stats = RelayStats()
 
     async def _checkpoint(self, conn: asyncpg.Connection) -> FeedPosition:
@@ -134,7 +136,9 @@ class Relay:
         conn = self._lease.conn
         assert conn is not None, "hold the lease first"
         checkpoint = await self._checkpoint(conn)
-        feed = self._store.batches(checkpoint, batch=self._batch, poll_interval=self._poll_interval)
+        feed = self._store.batches(
+            checkpoint, batch=self._batch, poll_interval=self._poll_interval, linger=self._linger
+        )
         try:
             while not stop.is_set():
                 next_batch = asyncio.ensure_future(anext(feed))
@@ -257,6 +261,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             Lease(settings, settings.relay.name),
             name=settings.relay.name,
             batch=settings.relay.batch,
+            linger=settings.relay.linger_s,
         )
         started = time.monotonic()
         await relay.run(stop, settings.relay.lease_interval_s)

@@ -363,3 +363,48 @@ async def test_subscribers_wake_on_notify_not_on_their_poll(pool: asyncpg.Pool) 
 
 async def _true_if(condition: bool) -> bool | None:
     return True if condition else None
+
+
+async def test_a_lingering_feed_gathers_a_burst_and_lets_a_lone_event_through(
+    pool: asyncpg.Pool,
+) -> None:
+    """`batches(linger=…)`: events that arrive while the previous read is younger than the linger
+    come in one batch, no sooner than the linger after that read; after a quiet spell the first
+    event comes at once."""
+    es = EventStore(pool, registry())
+    head = await EventStore(pool).read_all(FeedPosition(), limit=10_000_000)
+    start = head[-1].feed_position if head else FeedPosition()
+    s = stream()
+    linger = 1.0
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[tuple[float, list[str]]] = asyncio.Queue()
+
+    async def tail() -> None:
+        feed = es.batches(start, poll_interval=60.0, event_types=[HAPPENED], linger=linger)
+        async with contextlib.aclosing(feed):
+            async for batch in feed:
+                mine = [e.event_id for e in batch if e.stream_id == s]
+                if mine:
+                    await got.put((loop.time(), mine))
+
+    tailing = asyncio.create_task(tail())
+    try:
+        # Let the tail's first read (the store up to now) and its linger pass: a quiet feed.
+        await asyncio.sleep(linger + 0.3)
+        sent = loop.time()
+        [first] = await es.append(s, events(s, 1, 1), expected_version=NO_STREAM)
+        at, ids = await asyncio.wait_for(got.get(), 10)
+        assert ids == [first.event_id]
+        assert at - sent < linger / 2, "a lone event after a quiet spell waited for the linger"
+        # A burst right behind it: each append notifies, but the reads wait out the linger.
+        burst = [
+            (await es.append(s, events(s, v, 1), expected_version=v - 1))[0].event_id
+            for v in (2, 3, 4)
+        ]
+        at_burst, ids = await asyncio.wait_for(got.get(), 10)
+        assert ids == burst, "the burst came in more than one batch"
+        assert at_burst - at >= linger * 0.9
+    finally:
+        tailing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tailing
