@@ -379,7 +379,9 @@ class EventStore:
                     if len(events) < batch:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), poll_interval)
-                        if (rest := began + linger - loop.time()) > 0:
+                        # Only after a read that found events: an empty one (a poll, or a wake
+                        # whose events were not readable yet) must not hold up the next event.
+                        if events and (rest := began + linger - loop.time()) > 0:
                             await asyncio.sleep(rest)
             finally:
                 try:

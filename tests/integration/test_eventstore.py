@@ -380,7 +380,8 @@ async def test_a_lingering_feed_gathers_a_burst_and_lets_a_lone_event_through(
     got: asyncio.Queue[tuple[float, list[str]]] = asyncio.Queue()
 
     async def tail() -> None:
-        feed = es.batches(start, poll_interval=60.0, event_types=[HAPPENED], linger=linger)
+        # Polls every 0.2 s: the quiet spell is a run of empty reads, which must not linger.
+        feed = es.batches(start, poll_interval=0.2, event_types=[HAPPENED], linger=linger)
         async with contextlib.aclosing(feed):
             async for batch in feed:
                 mine = [e.event_id for e in batch if e.stream_id == s]
@@ -403,7 +404,8 @@ async def test_a_lingering_feed_gathers_a_burst_and_lets_a_lone_event_through(
         ]
         at_burst, ids = await asyncio.wait_for(got.get(), 10)
         assert ids == burst, "the burst came in more than one batch"
-        assert at_burst - at >= linger * 0.9
+        # Read no sooner than the linger after the lone event's read, which followed `sent`.
+        assert at_burst - sent >= linger
     finally:
         tailing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
