@@ -18,13 +18,8 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
-from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
-from temporalio.converter import (
-    CompositePayloadConverter,
-    DataConverter,
-    DefaultPayloadConverter,
-    JSONPlainPayloadConverter,
-)
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from ordersaga import bus, db, versions
@@ -72,23 +67,23 @@ def stop_event() -> asyncio.Event:
 
 
 # JSON payloads (the saga's dataclasses) through pydantic's compiled validators: the SDK's
-# default converter walks type hints in Python on every value. One instance serves the process,
-# so its cache of type adapters does too: the worker makes a payload converter per workflow, and
-# the SDK's `pydantic_data_converter` builds its adapters again in each (measured dearer than the
-# default per saga). Same JSON either way, so sagas started before replay with it (test_replay).
+# default converter walks type hints in Python on every value. One JSON converter serves the
+# process, so its cache of type adapters does too: the worker makes a payload converter per
+# workflow, and the SDK's own `PydanticPayloadConverter` makes a JSON converter (an empty cache)
+# in each (measured dearer than the default per saga). Same JSON either way, so sagas started
+# before replay with it (test_replay).
 _JSON = PydanticJSONPlainPayloadConverter()
 
 
-class PayloadConverter(CompositePayloadConverter):
-    """The SDK's default payload converters, with `_JSON` for JSON (as its own pydantic one)."""
+class PayloadConverter(PydanticPayloadConverter):
+    """The SDK's pydantic payload converter, with the process's one JSON converter in it."""
 
     def __init__(self) -> None:
-        super().__init__(
-            *(
-                _JSON if isinstance(c, JSONPlainPayloadConverter) else c
-                for c in DefaultPayloadConverter.default_encoding_payload_converters
-            )
-        )
+        super().__init__()
+        self.converters = {
+            encoding: _JSON if isinstance(c, PydanticJSONPlainPayloadConverter) else c
+            for encoding, c in self.converters.items()
+        }
 
 
 DATA_CONVERTER = DataConverter(payload_converter_class=PayloadConverter)
