@@ -168,8 +168,7 @@ class RelaySettings(BaseModel):
     # one began: events that arrive meanwhile go in one round (one read, one checkpoint write,
     # their publishes flushed together, and the projector fetches them together) rather than one
     # round each. An event after a quiet spell goes at once; under a steady flow each waits up to
-    # this much longer for JetStream. CPU per saga, relay 3.3-3.5 -> 1.9 ms, NATS 3.7 -> 2.6-2.7,
-    # projector 3.7-3.9 -> 3.0, Postgres 7.3-7.8 -> 6.5-6.8 (bench/saga_ab.py, both ways round).
+    # this much longer for JetStream. What it saves per saga: the README's Benchmark section.
     linger_s: float = Field(default=0.05, ge=0, le=1)
     # How often a standby relay tries to take the lease: the longest a dead relay's work waits.
     lease_interval_s: float = Field(default=1.0, gt=0)
