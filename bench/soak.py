@@ -57,6 +57,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 import nats.errors
+import nats.js.errors
 import sqlalchemy as sa
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -1366,9 +1367,18 @@ class Soak:
                 ),
             )
             seen: list[tuple[int, str | None, str]] = []  # (stream seq, msg id, subject)
+            unavailable_until = time.monotonic() + 30
             while len(seen) < count:
                 try:
                     msgs = await sub.fetch(1000, timeout=5)
+                except nats.js.errors.ServiceUnavailableError:
+                    # No responder for the pull (503): on a cluster that lost a node, the new
+                    # consumer's leader can still be settling. Ask again, for a while.
+                    if time.monotonic() < unavailable_until:
+                        await asyncio.sleep(0.5)
+                        continue
+                    self.find("bus", f"read {len(seen)} of {count} messages: JetStream 503")
+                    break
                 except (nats.errors.TimeoutError, TimeoutError):
                     self.find("bus", f"read {len(seen)} of {count} messages (last seq {last})")
                     break
