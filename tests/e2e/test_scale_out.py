@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -68,9 +69,31 @@ async def test_two_projectors_share_four_partitions_and_survive_losing_one(
 
         customer = unique("scale")
         orders = [str(uuid.uuid4()) for _ in range(200)]
+        sku = unique("sku")
         stored = await append(
-            store, [e for o in orders for e in fake_events(o, customer, unique("sku"), types=TEN)]
+            store, [e for o in orders for e in fake_events(o, customer, sku, types=TEN)]
         )
+        # Accepted by the API, as every real order is: the notifier asks the API about each
+        # order's terminal event, and the API answers for an order its read model does not have
+        # yet (a partition of the killed process, not yet taken over) from its request (pending,
+        # version 0: a wait, then stale, which the notifier waits out). An order it has never
+        # accepted is a quick 404 instead, which the notifier dead-letters once its few attempts
+        # are spent. (The stack's relay publishes these stored events too, so the terminal
+        # events can reach the notifier well before this test publishes them.)
+        body = {
+            "items": [{"sku": sku, "quantity": 1, "unit_price": 100}],
+            "shipping_address": {"name": "Ada", "line1": "1 Main St", "city": "Berlin",
+                                 "postal_code": "10115", "country": "DE"},
+            "currency": "EUR",
+        }  # fmt: skip
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO api.order_requests (order_id, request_hash, customer_id, request) "
+                    "VALUES (:o, 'scale-out', :c, CAST(:b AS jsonb))"
+                ),
+                [{"o": o, "c": customer, "b": json.dumps(body)} for o in orders],
+            )
         js = nc.jetstream()
         # Interleave the orders on the bus, as concurrent sagas would: version 1 of every order,
         # then version 2 of every order, ...
